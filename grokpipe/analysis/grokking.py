@@ -1,0 +1,140 @@
+"""Grokking measurements from training histories.
+
+Memorised at  = first evaluated step with train accuracy ≥ 0.99;
+grokked at    = first evaluated step with validation accuracy ≥ 0.99 (None if never);
+delay         = grokked − memorised.
+A condition is a grid point without its seed; its statistics are taken over seeds, counting
+how many seeds grokked, so a condition that never grokks in the budget says so.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+THRESHOLD = 0.99
+RUN_FIELDS = (
+    "memorized_at",
+    "grokked_at",
+    "delay",
+    "final_train_acc",
+    "final_val_acc",
+    "final_train_loss",
+    "final_val_loss",
+    "last_step",
+)
+
+
+def first_step(steps: np.ndarray, values: np.ndarray, threshold: float = THRESHOLD):
+    hit = np.flatnonzero(np.asarray(values) >= threshold)
+    return int(steps[hit[0]]) if len(hit) else None
+
+
+def run_summary(h: pd.DataFrame) -> dict:
+    """Measurements of one run from its history rows (sorted by step)."""
+    steps = h["step"].to_numpy()
+    mem = first_step(steps, h["train_acc"].to_numpy())
+    grok = first_step(steps, h["val_acc"].to_numpy())
+    last = h.iloc[-1]
+    return {
+        "memorized_at": mem,
+        "grokked_at": grok,
+        "delay": grok - mem if grok is not None and mem is not None else None,
+        "final_train_acc": float(last["train_acc"]),
+        "final_val_acc": float(last["val_acc"]),
+        "final_train_loss": float(last["train_loss"]),
+        "final_val_loss": float(last["val_loss"]),
+        "last_step": int(last["step"]),
+    }
+
+
+def per_run(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
+    """runs.tsv joined with each run's measurements."""
+    rows = []
+    for run_id, h in history.sort_values("step").groupby("run_id", sort=False):
+        rows.append({"run_id": run_id, **run_summary(h)})
+    return runs.merge(pd.DataFrame(rows), on="run_id", how="left")
+
+
+def _stats(values: list) -> dict:
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
+    arr = np.asarray(vals, dtype=float)
+    return {
+        "mean": float(arr.mean()),
+        "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
+        "min": float(arr.min()),
+        "max": float(arr.max()),
+        "n": len(arr),
+    }
+
+
+def condition_metrics(table: pd.DataFrame) -> dict[str, dict]:
+    """Per condition: statistics over seeds of every run field, and seed counts."""
+    out = {}
+    for cond, g in table.groupby("condition", sort=False):
+        entry = {
+            "seeds": len(g),
+            "grokked_seeds": int(g["grokked_at"].notna().sum()),
+            "memorized_seeds": int(g["memorized_at"].notna().sum()),
+        }
+        entry["never_grokked"] = entry["grokked_seeds"] == 0
+        for f in RUN_FIELDS:
+            col = g[f].astype(object).where(g[f].notna(), None)
+            entry[f] = _stats(list(col))
+        out[cond] = entry
+    return out
+
+
+def experiment_metrics(
+    name: str, title: str, preset: str, table: pd.DataFrame, timings: list[dict]
+) -> dict:
+    conditions = condition_metrics(table)
+    grok = table["grokked_at"].dropna()
+    return {
+        "experiment": name,
+        "title": title,
+        "preset": preset,
+        "summary": {
+            "runs": len(table),
+            "grokked_runs": int(table["grokked_at"].notna().sum()),
+            "memorized_runs": int(table["memorized_at"].notna().sum()),
+            "conditions": len(conditions),
+            "conditions_grokked_all_seeds": sum(
+                c["grokked_seeds"] == c["seeds"] for c in conditions.values()
+            ),
+            "median_grokked_at": float(grok.median()) if len(grok) else None,
+        },
+        "conditions": conditions,
+        "timing": {
+            "train_seconds": round(sum(t["train_s"] for t in timings), 2),
+            "compile_seconds": round(sum(t["compile_s"] for t in timings), 2),
+            "model_steps": int(sum(t["members"] * t["steps"] for t in timings)),
+            "ensembles": len(timings),
+        },
+    }
+
+
+def curves(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
+    """Long table for `dvc plots`: step, condition, split, accuracy and loss (mean and
+    standard deviation over seeds)."""
+    h = history.merge(runs[["run_id", "condition"]], on="run_id")
+    parts = []
+    for split in ("train", "val"):
+        g = h.groupby(["condition", "step"], sort=False)
+        agg = g.agg(
+            accuracy=(f"{split}_acc", "mean"),
+            accuracy_sd=(f"{split}_acc", "std"),
+            loss=(f"{split}_loss", "mean"),
+            loss_sd=(f"{split}_loss", "std"),
+            seeds=("run_id", "nunique"),
+        ).reset_index()
+        agg.insert(2, "split", split)
+        parts.append(agg)
+    out = pd.concat(parts, ignore_index=True)
+    return out.sort_values(["condition", "split", "step"], kind="stable")[
+        ["step", "condition", "split", "accuracy", "accuracy_sd", "loss", "loss_sd", "seeds"]
+    ]

@@ -1,0 +1,47 @@
+"""Whole-params validation, run by every stage before it writes anything.
+
+Beyond the per-block dataclass checks this catches what needs a model or a registry to judge:
+layer-schedule names that the model lacks, unknown figure kinds, a bad `engine` block.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from grokpipe.config.experiment import Experiment, load_experiment
+from grokpipe.config.schema import ConfigError, from_dict
+
+
+def engine_config(params: dict):
+    from grokpipe.train.runner import EngineConfig
+
+    return from_dict(EngineConfig, params.get("engine"), "engine")
+
+
+def check_experiment(params: dict, name: str) -> Experiment:
+    """Load and fully validate one experiment; raises ConfigError naming the bad key."""
+    from grokpipe.figures import FIGURES
+    from grokpipe.models import build_model
+    from grokpipe.tasks import TASKS
+    from grokpipe.train.schedules import resolve_layer_periods
+
+    exp = load_experiment(params, name)
+    key = f"experiments.{name}"
+    for i, kind in enumerate(exp.figures):
+        if kind not in FIGURES:
+            raise ConfigError(
+                f"{key}.figures[{i}]", f"unknown figure kind {kind!r} (known: {', '.join(FIGURES)})"
+            )
+    task = TASKS[exp.task]
+    checked = set()
+    for run in exp.runs:
+        cfg = run.config
+        sig = (cfg.model_name, repr(cfg.model), repr(sorted(cfg.train.layers)))
+        if sig in checked:
+            continue
+        checked.add(sig)
+        info = task.build(cfg.data, cfg.seed).info
+        with torch.device("meta"):
+            model = build_model(cfg.model_name, cfg.model, info, 1)
+        resolve_layer_periods(model, cfg.train.layers, f"{key}.train.layers")
+    return exp

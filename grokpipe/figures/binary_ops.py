@@ -1,0 +1,244 @@
+"""Figures for grokking experiments: learning curves, steps-to-grok, the training-fraction
+sweep (Power et al. Fig. 1 centre) and seed 002's value counts."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+
+from grokpipe.figures.context import FigureContext
+from grokpipe.figures.style import SPLIT_COLORS, SPLIT_NAMES, save, wrap
+
+
+def _long(ctx: FigureContext, metric: str) -> pd.DataFrame:
+    """history reshaped to one row per (run, step, split), step 0 dropped for log axes."""
+    h = ctx.history_with_labels()
+    h = h[h["step"] > 0]
+    parts = []
+    for split in ("train", "val"):
+        part = h[["run_id", "condition", "seed", "step"]].copy()
+        part["split"] = SPLIT_NAMES[split]
+        part[metric] = h[f"{split}_{metric}"].to_numpy()
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
+
+
+def _curves(ctx: FigureContext, metric: str, ylabel: str, logy: bool):
+    data = _long(ctx, metric)
+    conditions = list(dict.fromkeys(ctx.runs["condition"]))
+    cols = wrap(len(conditions))
+    rows = -(-len(conditions) // cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.4 * cols, 2.8 * rows), squeeze=False, sharex=True, sharey=True
+    )
+    palette = {SPLIT_NAMES[k]: v for k, v in SPLIT_COLORS.items()}
+    for ax, cond in zip(axes.flat, conditions):
+        sub = data[data["condition"] == cond]
+        sns.lineplot(
+            sub,
+            x="step",
+            y=metric,
+            hue="split",
+            palette=palette,
+            errorbar="sd",
+            ax=ax,
+            legend=ax is axes.flat[0],
+            linewidth=1.2,
+        )
+        ax.set_xscale("log")
+        if logy:
+            ax.set_yscale("log")
+        m = ctx.table[ctx.table["condition"] == cond]
+        grokked = m["grokked_at"].notna().sum()
+        ax.set_title(f"{cond}\ngrokked {grokked}/{len(m)} seeds", fontsize=9)
+        ax.set_ylabel(ylabel)
+    for ax in list(axes.flat)[len(conditions) :]:
+        ax.set_visible(False)
+    seeds = ctx.runs.groupby("condition").size().max()
+    fig.suptitle(
+        f"{ctx.exp.title}: {ylabel.lower()} vs optimisation step "
+        f"(mean ± sd over {seeds} seed{'s' if seeds > 1 else ''})",
+        y=1.0,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def curves(ctx: FigureContext) -> list:
+    return [
+        save(_curves(ctx, "acc", "Accuracy", logy=False), ctx.out_dir / "accuracy.png"),
+        save(_curves(ctx, "loss", "Loss", logy=True), ctx.out_dir / "loss.png"),
+    ]
+
+
+def grok_steps(ctx: FigureContext) -> list:
+    """Memorised-at and grokked-at per condition, each seed a dot, never-grokked marked."""
+    t = ctx.table
+    conditions = list(dict.fromkeys(t["condition"]))
+    long = pd.concat(
+        [
+            t.assign(event="memorised (train ≥ 99%)", step=t["memorized_at"]),
+            t.assign(event="grokked (validation ≥ 99%)", step=t["grokked_at"]),
+        ]
+    )
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(conditions) + 1.6))
+    sns.stripplot(
+        long.dropna(subset=["step"]),
+        x="step",
+        y="condition",
+        hue="event",
+        order=conditions,
+        dodge=True,
+        jitter=False,
+        size=6,
+        alpha=0.8,
+        ax=ax,
+        palette={"memorised (train ≥ 99%)": "#7f7f7f", "grokked (validation ≥ 99%)": "#d62728"},
+    )
+    ax.set_xscale("log")
+    ax.set_xlim(right=ctx.budget * 1.5)
+    for i, cond in enumerate(conditions):
+        g = t[t["condition"] == cond]
+        missing = g["grokked_at"].isna().sum()
+        if missing:
+            ax.annotate(
+                f"{missing}/{len(g)} never grokked in {ctx.budget:,} steps",
+                xy=(1.0, i),
+                xycoords=("axes fraction", "data"),
+                xytext=(4, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=8,
+                color="#d62728",
+            )
+    ax.set_xlabel("optimisation step (log)")
+    ax.set_ylabel("")
+    ax.set_title(f"{ctx.exp.title}: steps to memorise and to grok")
+    ax.legend(loc="lower left", fontsize=8, frameon=True)
+    return [save(fig, ctx.out_dir / "grok_steps.png")]
+
+
+def fraction_sweep(ctx: FigureContext) -> list:
+    """Steps to 99 % validation accuracy vs training fraction, per operation."""
+    t = ctx.table
+    if "train_fraction" not in t or "op" not in t:
+        raise ValueError("fraction_sweep needs grid axes data.op and data.train_fraction")
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    ops = list(dict.fromkeys(t["op"]))
+    palette = dict(zip(ops, sns.color_palette("tab10", len(ops))))
+    grokked = t.dropna(subset=["grokked_at"])
+    sns.lineplot(
+        grokked,
+        x="train_fraction",
+        y="grokked_at",
+        hue="op",
+        hue_order=ops,
+        palette=palette,
+        marker="o",
+        errorbar="sd",
+        ax=ax,
+    )
+    ceiling = ctx.budget
+    lines = []
+    for op in ops:
+        g = t[t["op"] == op]
+        by_frac = g.groupby("train_fraction")["grokked_at"].apply(lambda s: s.notna().any())
+        failed = by_frac[~by_frac].index
+        ax.scatter(failed, [ceiling] * len(failed), marker="x", color=palette[op], s=40)
+        if not by_frac.any():
+            lines.append(f"{op}: no seed groks at any fraction")
+        elif not by_frac.iloc[0]:
+            lowest = by_frac[by_frac].index.min()
+            lines.append(f"{op}: no seed groks below {lowest:g}")
+            ax.axvline(lowest, color=palette[op], lw=0.8, ls="--", alpha=0.6)
+    ax.axhline(ceiling, color="k", lw=0.6, ls=":")
+    ax.text(
+        ax.get_xlim()[0],
+        ceiling,
+        f" budget {ceiling:,} steps (× = no seed grokked)",
+        va="bottom",
+        fontsize=8,
+    )
+    ax.set_yscale("log")
+    ax.set_xlabel("training data fraction")
+    ax.set_ylabel("steps until validation accuracy ≥ 99%")
+    ax.set_title(f"{ctx.exp.title}\n(mean ± sd over seeds that grokked)")
+    if lines:
+        ax.text(1.02, 0.0, "\n".join(lines), transform=ax.transAxes, fontsize=8, va="bottom")
+    ax.legend(title="operation", bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=8)
+    return [save(fig, ctx.out_dir / "fraction_sweep.png")]
+
+
+def value_counts(ctx: FigureContext) -> list:
+    """Seed 002: per operation, the histogram of result values and the table's symmetry
+    (share of pairs with a∘b = b∘a), against how fast the operation groks."""
+    from grokpipe.tasks.arithmetic_task import symmetry_score
+    from grokpipe.tasks.base import TaskData
+
+    blob = torch.load(ctx.datasets_dir / "datasets.pt", weights_only=False)
+    manifest = pd.read_json(ctx.datasets_dir / "manifest.json")["runs"].apply(pd.Series)
+    t = ctx.table.merge(manifest[["run_id", "dataset"]], on="run_id")
+    rows, hists = [], {}
+    for key, g in t.groupby("dataset", sort=False):
+        data = TaskData(**blob["datasets"][key])
+        c = data.extras["c"]
+        values, counts = np.unique(c, return_counts=True)
+        hists[key] = (values, counts)
+        grok = g["grokked_at"]
+        rows.append(
+            {
+                "dataset": key,
+                "symmetry": symmetry_score(data),
+                "distinct_values": len(values),
+                "grokked_seeds": int(grok.notna().sum()),
+                "seeds": len(g),
+                "grokked_at": grok.mean() if grok.notna().any() else None,
+            }
+        )
+    summary = pd.DataFrame(rows)
+    summary.to_csv(ctx.out_dir / "value_counts.tsv", sep="\t", index=False)
+    n = len(hists)
+    cols = wrap(n, 4)
+    r = -(-n // cols)
+    fig, axes = plt.subplots(r, cols, figsize=(3.2 * cols, 2.3 * r), squeeze=False)
+    for ax, (key, (values, counts)) in zip(axes.flat, hists.items()):
+        ax.bar(values, counts, width=1.0, color="#4c72b0")
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("result value", fontsize=8)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    fig.suptitle(f"{ctx.exp.title}: distribution of result values per operation", y=1.0)
+    fig.tight_layout()
+    out = [save(fig, ctx.out_dir / "value_counts.png")]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    plotted = summary.assign(
+        steps=summary["grokked_at"].fillna(ctx.budget),
+        outcome=np.where(summary["grokked_at"].notna(), "grokked (mean step)", "never grokked"),
+    )
+    sns.scatterplot(
+        plotted,
+        x="symmetry",
+        y="steps",
+        style="outcome",
+        hue="outcome",
+        s=70,
+        ax=ax,
+        palette={"grokked (mean step)": "#4c72b0", "never grokked": "#d62728"},
+    )
+    for _, row in plotted.iterrows():
+        ax.annotate(
+            row["dataset"],
+            (row["symmetry"], row["steps"]),
+            fontsize=7,
+            xytext=(4, 2),
+            textcoords="offset points",
+        )
+    ax.set_yscale("log")
+    ax.set_xlabel("symmetry score: share of pairs with a∘b = b∘a")
+    ax.set_ylabel("steps until validation accuracy ≥ 99%")
+    ax.set_title(f"{ctx.exp.title}: table symmetry vs speed of grokking")
+    out.append(save(fig, ctx.out_dir / "symmetry_vs_grok.png"))
+    return out

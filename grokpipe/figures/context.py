@@ -1,0 +1,44 @@
+"""What a figure function gets: the experiment and its result tables, nothing to train."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from grokpipe import runstore
+from grokpipe.analysis import grokking
+from grokpipe.config.experiment import Experiment
+
+
+@dataclass
+class FigureContext:
+    exp: Experiment
+    runs: pd.DataFrame  # runs.tsv
+    history: pd.DataFrame  # history.tsv
+    table: pd.DataFrame  # runs joined with per-run measurements
+    metrics: dict  # reports/metrics/<experiment>.json
+    datasets_dir: Path
+    out_dir: Path
+
+    @classmethod
+    def load(cls, exp: Experiment, runs_dir, metrics_path, datasets_dir, out_dir):
+        runs, history = runstore.read_runs(runs_dir), runstore.read_history(runs_dir)
+        return cls(
+            exp,
+            runs,
+            history,
+            grokking.per_run(runs, history),
+            json.loads(Path(metrics_path).read_text()),
+            Path(datasets_dir),
+            Path(out_dir),
+        )
+
+    @property
+    def budget(self) -> int:
+        return max(r.config.train.steps for r in self.exp.runs)
+
+    def history_with_labels(self) -> pd.DataFrame:
+        return self.history.merge(self.runs, on="run_id")

@@ -1,0 +1,79 @@
+"""The contract every model family keeps so that one engine can train all of them.
+
+Parameters carry a leading ensemble axis E: member e of every tensor is one independent run.
+Forward passes take inputs [E, B, ...] and are written with batched kernels, so E runs cost one
+set of launches. Each member is initialised from its own generator, so a run's initial weights
+do not depend on which ensemble it lands in.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+Tensor = torch.Tensor
+
+
+class EnsembleModel(nn.Module):
+    """Base class: subclasses register [E, ...] parameters and implement `init_member`/`forward`.
+
+    `layer_groups()` names the layers in input→output order; per-layer training schedules
+    (freezing, rate limiting) address them by name or by the aliases `first` and `last`.
+    """
+
+    def __init__(self, n_members: int):
+        super().__init__()
+        self.n_members = n_members
+
+    def new_param(self, *shape: int) -> nn.Parameter:
+        return nn.Parameter(torch.zeros(self.n_members, *shape))
+
+    def init_member(self, i: int, gen: torch.Generator, init_scale: float = 1.0) -> None:
+        """Fill member i's slice of every parameter, drawing only from `gen`."""
+        with torch.no_grad():
+            for name, param in self.named_parameters():
+                value = self.initial_value(name, tuple(param.shape[1:]), gen)
+                if self.scaled_by_init_scale(name):
+                    value = value * init_scale
+                param[i].copy_(value.to(param.device, param.dtype))
+
+    def initial_value(self, name: str, shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
+        raise NotImplementedError
+
+    def scaled_by_init_scale(self, name: str) -> bool:
+        """Omnigrok-style init scaling multiplies weights, not LayerNorm gains."""
+        return True
+
+    def layer_groups(self) -> list[tuple[str, list[str]]]:
+        raise NotImplementedError
+
+    def embedding_for_med(self, params: dict[str, Tensor]) -> Tensor | None:
+        """[E, V, d] token embedding used by the mean-embedding-difference probe, if any."""
+        return None
+
+
+def uniform(shape, bound: float, gen: torch.Generator) -> Tensor:
+    return (torch.rand(shape, generator=gen) * 2 - 1) * bound
+
+
+def torch_linear_init(fan_in: int, shape, gen: torch.Generator) -> Tensor:
+    """PyTorch's nn.Linear default (Kaiming-uniform with a=√5): U(−1/√fan_in, 1/√fan_in)."""
+    return uniform(shape, 1.0 / math.sqrt(fan_in), gen)
+
+
+def xavier_uniform(fan_in: int, fan_out: int, shape, gen: torch.Generator) -> Tensor:
+    return uniform(shape, math.sqrt(6.0 / (fan_in + fan_out)), gen)
+
+
+def bmm(x: Tensor, w: Tensor) -> Tensor:
+    """Per-member matrix product: x [E, ..., in] @ w [E, in, out] -> [E, ..., out]."""
+    lead = x.shape[1:-1]
+    out = torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]), w)
+    return out.reshape(x.shape[0], *lead, w.shape[-1])
+
+
+def member_view(t: Tensor, ndim: int) -> Tensor:
+    """Reshape a per-member [E] tensor to broadcast against an [E, ...] tensor of `ndim` dims."""
+    return t.reshape(t.shape[0], *([1] * (ndim - 1)))

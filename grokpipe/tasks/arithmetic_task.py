@@ -1,0 +1,78 @@
+"""The binary-operation task: a registry entry tying the operation tables to the splits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from grokpipe.config.schema import ConfigError, check
+from grokpipe.tasks.arithmetic import OPERATIONS, build_table, check_operation, operand_values
+from grokpipe.tasks.base import TaskData
+from grokpipe.tasks.splits import NEEDS_K, make_split
+
+
+@dataclass(frozen=True)
+class ArithmeticData:
+    """`data:` block of a binary-operation experiment."""
+
+    op: str = "x+y"
+    p: int = 97
+    split: Literal["random", "strip", "rect"] = "random"
+    train_fraction: float = 0.5
+    k: int | None = None
+
+    def validate(self, key: str) -> None:
+        problem = check_operation(self.op, self.p)
+        if problem:
+            raise ConfigError(f"{key}.op" if self.op not in OPERATIONS else f"{key}.p", problem)
+        check(0 < self.train_fraction < 1, f"{key}.train_fraction", "must lie in (0, 1)")
+        if self.split in NEEDS_K:
+            check(self.k is not None, f"{key}.k", f"split {self.split!r} needs k")
+            xs, _ = operand_values(OPERATIONS[self.op], self.p)
+            lo, hi = int(xs.min()), int(xs.max())
+            check(
+                lo <= self.k < hi,
+                f"{key}.k",
+                f"must lie in [{lo}, {hi - 1}] for {self.op} mod {self.p} "
+                f"(a test region that is empty or covers every operand is no split), got {self.k}",
+            )
+        else:
+            check(self.k is None, f"{key}.k", f"split {self.split!r} takes no k")
+
+
+class ArithmeticTask:
+    name = "arithmetic"
+    Config = ArithmeticData
+
+    def dataset_key(self, cfg: ArithmeticData, seed: int) -> str:
+        return f"{cfg.op}_p{cfg.p}"
+
+    def build(self, cfg: ArithmeticData, seed: int) -> TaskData:
+        table = build_table(cfg.op, cfg.p)
+        return TaskData(
+            inputs=table.tokens[:, :4],
+            targets=table.tokens[:, 4],
+            seq_targets=table.tokens[:, 1:],
+            info={
+                "vocab_size": table.vocab_size,
+                "seq_len": 4,
+                "n_classes": table.vocab_size,
+                "n_values": table.n_values,
+            },
+            extras={"x": table.x, "y": table.y, "c": table.c},
+        )
+
+    def split(self, cfg: ArithmeticData, data: TaskData, seed: int):
+        return make_split(
+            cfg.split, data.extras["x"], data.extras["y"], cfg.train_fraction, cfg.k, seed
+        )
+
+
+def symmetry_score(data: TaskData) -> float:
+    """Fraction of operand pairs (a, b) with a∘b = b∘a, over pairs where both are defined."""
+    x, y, c = data.extras["x"], data.extras["y"], data.extras["c"]
+    lookup = {(a, b): r for a, b, r in zip(x.tolist(), y.tolist(), c.tolist())}
+    both = [(a, b) for (a, b) in lookup if (b, a) in lookup]
+    return float(np.mean([lookup[(a, b)] == lookup[(b, a)] for a, b in both]))

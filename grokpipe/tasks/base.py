@@ -1,0 +1,59 @@
+"""What every task hands the training engine: tensors of inputs and targets, plus a split.
+
+A task is a registry entry (see `grokpipe.tasks.TASKS`) with a typed data config, a builder and a
+splitter. Models size themselves from `TaskData.info`; the engine never looks inside a task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+
+@dataclass
+class TaskData:
+    """One dataset: every example of a task instance.
+
+    inputs:       [N, ...] model inputs (int64 token ids, or float32 features / images)
+    targets:      [N] int64 class ids, or float32 ±1 for binary tasks (n_classes == 1)
+    seq_targets:  [N, T] next-token targets for sequence tasks (seq2seq loss), else None
+    info:         sizes a model needs (vocab_size, seq_len, n_classes, input_dim, ...)
+    extras:       task-specific arrays kept for analysis (operands, results, ...)
+    """
+
+    inputs: np.ndarray
+    targets: np.ndarray
+    info: dict[str, Any]
+    seq_targets: np.ndarray | None = None
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def shape_signature(self) -> tuple:
+        """What must agree for two datasets to train as members of one stacked ensemble."""
+        seq = None if self.seq_targets is None else self.seq_targets.shape
+        return (
+            self.inputs.shape,
+            str(self.inputs.dtype),
+            self.targets.shape,
+            str(self.targets.dtype),
+            seq,
+            tuple(sorted((k, v) for k, v in self.info.items() if isinstance(v, (int, str)))),
+        )
+
+
+class Task(Protocol):
+    """A registry entry: typed data config, dataset builder, splitter."""
+
+    name: str
+    Config: type
+
+    def dataset_key(self, cfg: Any, seed: int) -> str:
+        """Identity of the dataset a run uses; runs with equal keys share one dataset."""
+
+    def build(self, cfg: Any, seed: int) -> TaskData: ...
+
+    def split(self, cfg: Any, data: TaskData, seed: int) -> tuple[np.ndarray, np.ndarray]: ...

@@ -1,0 +1,73 @@
+"""The on-disk form of an experiment's datasets (`data/datasets/<experiment>/`).
+
+`datasets.pt` holds each distinct dataset once (runs on the same table share it) and every
+run's split; `manifest.json` lists, per run, its dataset, split sizes and config fingerprint,
+so the training stage can refuse datasets generated from other params.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from grokpipe.config.experiment import Experiment
+from grokpipe.io import atomic_dir
+from grokpipe.tasks import TASKS
+from grokpipe.tasks.base import TaskData
+
+
+def build_experiment_data(exp: Experiment):
+    """(datasets by key, splits by run id, manifest rows) for every run of `exp`."""
+    task = TASKS[exp.task]
+    datasets: dict[str, TaskData] = {}
+    splits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    manifest = []
+    for run in exp.runs:
+        cfg = run.config
+        key = task.dataset_key(cfg.data, cfg.seed)
+        if key not in datasets:
+            datasets[key] = task.build(cfg.data, cfg.seed)
+        train_idx, val_idx = task.split(cfg.data, datasets[key], cfg.seed)
+        splits[run.run_id] = (train_idx.astype(np.int64), val_idx.astype(np.int64))
+        manifest.append(
+            {
+                "run_id": run.run_id,
+                "dataset": key,
+                "n_train": len(train_idx),
+                "n_val": len(val_idx),
+                "fingerprint": cfg.fingerprint(),
+                "labels": run.labels,
+            }
+        )
+    return datasets, splits, manifest
+
+
+def write(path: str | Path, exp: Experiment) -> list[dict]:
+    datasets, splits, manifest = build_experiment_data(exp)
+    with atomic_dir(path) as tmp:
+        torch.save(
+            {"datasets": {k: asdict(v) for k, v in datasets.items()}, "splits": splits},
+            tmp / "datasets.pt",
+        )
+        with open(tmp / "manifest.json", "w") as fh:
+            json.dump({"experiment": exp.name, "runs": manifest}, fh, indent=1)
+    return manifest
+
+
+def read(path: str | Path, exp: Experiment):
+    """(datasets by key, splits by run id, manifest) after checking they match `exp`."""
+    path = Path(path)
+    manifest = json.loads((path / "manifest.json").read_text())["runs"]
+    want = {r.run_id: r.config.fingerprint() for r in exp.runs}
+    have = {m["run_id"]: m["fingerprint"] for m in manifest}
+    if want != have:
+        raise RuntimeError(
+            f"{path} was generated from other params; run `dvc repro` (or the generate stage) first"
+        )
+    blob = torch.load(path / "datasets.pt", weights_only=False)
+    datasets = {k: TaskData(**v) for k, v in blob["datasets"].items()}
+    return datasets, blob["splits"], manifest

@@ -1,0 +1,445 @@
+"""The training engine: one stacked ensemble of runs trained together on one device.
+
+Every family trains here. Runs whose shapes agree (same model, dataset shape and step budget)
+become members of one ensemble: their weights share a leading axis and each step is one set of
+batched kernels. Members may differ in seed, training set (per-member masks), learning rate,
+weight decay, early-stopping threshold, batch size (masked slots) and per-layer schedules.
+
+The hot loop never synchronises with the host: batches come from a counter-based hash
+(`sampling`), the step counter lives on the device, evaluations write into a preallocated
+history buffer, and on CUDA the step and the evaluation are each captured once as CUDA graphs
+(optionally after torch.compile) and replayed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.func import functional_call, grad
+
+from grokpipe.config.experiment import RunConfig
+from grokpipe.models import build_model
+from grokpipe.tasks.base import TaskData
+from grokpipe.train import checkpoint as ckpt
+from grokpipe.train.losses import LOSSES, correct
+from grokpipe.train.optim import Hyper, apply_updates, init_state
+from grokpipe.train.sampling import sample_positions, stream_keys
+from grokpipe.train.schedules import resolve_layer_periods
+
+METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "weight_norm", "med")
+
+
+@dataclass
+class Member:
+    """One run as the engine sees it: its config, its dataset and its split."""
+
+    run_id: str
+    config: RunConfig
+    data: TaskData
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    init_params: dict[str, torch.Tensor] | None = None  # fine-tuning starts from these
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    device: str = "cpu"
+    compile: bool = False
+    cuda_graph: bool = False
+    eval_member_rows: int = 131072  # rows x members per evaluation forward (memory only)
+    progress: bool = True
+    progress_position: int = 0
+
+
+@dataclass
+class MemberResult:
+    run_id: str
+    steps: np.ndarray  # evaluated steps
+    metrics: dict[str, np.ndarray]  # METRICS -> values at those steps
+    final_params: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class Timing:
+    setup_s: float = 0.0
+    compile_s: float = 0.0
+    train_s: float = 0.0
+    steps: int = 0
+
+
+def group_key(cfg: RunConfig, data: TaskData) -> str:
+    """Runs with equal keys can be members of one ensemble."""
+    d = cfg.as_dict()
+    d.pop("seed")
+    d.pop("data")
+    d["model"].pop("init_scale", None)
+    for k in ("lr", "weight_decay", "early_stop", "layers", "batch_size"):
+        d["train"].pop(k)
+    d["batch_full"] = cfg.train.batch_size == "full"
+    d["shape"] = repr(data.shape_signature())
+    return repr(sorted(d.items()))
+
+
+def _precision_context(precision: str, device: torch.device):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class EnsembleTrainer:
+    """Set up on the device, then `run()`; results via `results()`."""
+
+    def __init__(self, members: list[Member], opts: EngineOptions, label: str = "ensemble"):
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        keys = {group_key(m.config, m.data) for m in members}
+        if len(keys) != 1:
+            raise ValueError("members of one ensemble must share shapes and shared settings")
+        t0 = time.perf_counter()
+        self.members = members
+        self.opts = opts
+        self.label = label
+        self.device = dev = torch.device(opts.device)
+        cfg = members[0].config
+        self.cfg = cfg
+        tc = cfg.train
+        self.E = E = len(members)
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+            torch.backends.cuda.matmul.allow_tf32 = tc.precision == "tf32"
+            torch.backends.cudnn.allow_tf32 = tc.precision == "tf32"
+        self.seq = tc.loss_on == "sequence"
+
+        # --- data, stacked per member ---------------------------------------------------
+        def stack(arrays):
+            return torch.as_tensor(np.stack(arrays)).to(dev)
+
+        self.inputs = stack([m.data.inputs for m in members])
+        self.targets = stack([m.data.targets for m in members])
+        self.seq_targets = stack([m.data.seq_targets for m in members]) if self.seq else None
+        N = self.inputs.shape[1]
+        self.N = N
+        train_mask = np.zeros((E, N), np.float32)
+        val_mask = np.zeros((E, N), np.float32)
+        train_list = np.zeros((E, N), np.int64)
+        for i, m in enumerate(members):
+            if len(m.train_idx) == 0 or len(m.val_idx) == 0:
+                raise ValueError(f"run {m.run_id}: empty training or validation set")
+            train_mask[i, m.train_idx] = 1
+            val_mask[i, m.val_idx] = 1
+            train_list[i, : len(m.train_idx)] = m.train_idx
+        self.train_mask = torch.as_tensor(train_mask, device=dev)
+        self.val_mask = torch.as_tensor(val_mask, device=dev)
+        self.train_list = torch.as_tensor(train_list, device=dev)
+        n_train = np.array([len(m.train_idx) for m in members], np.int64)
+        self.n_train = torch.as_tensor(n_train, device=dev)
+        self.n_val = torch.as_tensor([float(len(m.val_idx)) for m in members], device=dev)
+        self.member_idx = torch.arange(E, device=dev).reshape(E, 1)
+        self.full_batch = tc.batch_size == "full"
+        if self.full_batch:
+            self.batch = N
+            self.batch_weights = self.train_mask / self.n_train.unsqueeze(1).float()
+        else:
+            sizes = [min(tc.batch_size, max(1, n // 2)) for n in n_train.tolist()]
+            self.batch = max(sizes)
+            w = np.zeros((E, self.batch), np.float32)
+            for i, b in enumerate(sizes):
+                w[i, :b] = 1.0 / b
+            self.batch_weights = torch.as_tensor(w, device=dev)
+        self.batch_sizes = None if self.full_batch else sizes
+        seeds = torch.as_tensor([m.config.seed for m in members], dtype=torch.int64, device=dev)
+        self.stream_keys = stream_keys(seeds)
+
+        # --- model, one generator per member ---------------------------------------------
+        info = members[0].data.info
+        self.info = info
+        self.model = build_model(cfg.model_name, cfg.model, info, E).to(dev)
+        for i, m in enumerate(members):
+            gen = torch.Generator().manual_seed(m.config.seed)
+            self.model.init_member(i, gen, m.config.model.init_scale)
+            if m.init_params is not None:
+                with torch.no_grad():
+                    for name, p in self.model.named_parameters():
+                        p[i].copy_(m.init_params[name].to(dev))
+        self.params = {n: p.detach() for n, p in self.model.named_parameters()}
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+        # --- hyperparameters and schedules, per member ------------------------------------
+        self.lr = torch.tensor([m.config.train.lr for m in members], device=dev)
+        self.wd = torch.tensor([m.config.train.weight_decay for m in members], device=dev)
+        thresholds = [m.config.train.early_stop for m in members]
+        self.early_stop = any(t is not None for t in thresholds)
+        self.stop_at = torch.tensor(
+            [t if t is not None else math.inf for t in thresholds], device=dev
+        )
+        self.active = torch.ones(E, device=dev)
+        periods = [resolve_layer_periods(self.model, m.config.train.layers) for m in members]
+        self.periods = {
+            n: torch.tensor([p[n] for p in periods], dtype=torch.int64, device=dev)
+            for n in self.params
+        }
+        gf = tc.grokfast
+        self.hyper = Hyper(
+            tc.betas,
+            tc.eps,
+            tc.momentum,
+            tc.warmup_steps,
+            gf.alpha if gf else None,
+            gf.lamb if gf else 0.0,
+        )
+        self.state = init_state(self.params, tc.optimizer, tc.momentum, gf is not None)
+        self.step = torch.zeros((), dtype=torch.int64, device=dev)
+
+        # --- evaluation buffers ------------------------------------------------------------
+        self.eval_steps = cfg.eval.steps(tc.steps)
+        self.history = torch.full((len(self.eval_steps), E, len(METRICS)), math.nan, device=dev)
+        self.eval_slot = torch.zeros((), dtype=torch.int64, device=dev)
+        self.eval_rows = max(1, opts.eval_member_rows // E)
+        self.med_ranges = info.get("med_ranges")
+        self._grad = grad(self._loss, has_aux=True)
+        self.step_host = 0
+        self.evals_done = 0
+        self.timing = Timing(setup_s=time.perf_counter() - t0)
+        self._train_fn = self._train_step
+        self._eval_fn = self._evaluate
+        self._graphs: tuple | None = None
+
+    # ---------------------------------------------------------------- the step ----------
+    def _loss(self, params, x, y, w):
+        with _precision_context(self.cfg.train.precision, self.device):
+            out = functional_call(self.model, params, (x,), {"last_only": not self.seq})
+        per = LOSSES[self.cfg.train.loss](out.float(), y)
+        if self.seq:
+            per = per.mean(-1)
+        member_loss = (per * w).sum(1)
+        return member_loss.sum(), member_loss.detach()
+
+    def _batch(self):
+        if self.full_batch:
+            y = self.seq_targets if self.seq else self.targets
+            return self.inputs, y, self.batch_weights
+        pos = sample_positions(self.stream_keys, self.step, self.batch, self.n_train)
+        rows = self.train_list.gather(1, pos)
+        x = self.inputs[self.member_idx, rows]
+        y = (self.seq_targets if self.seq else self.targets)[self.member_idx, rows]
+        return x, y, self.batch_weights
+
+    def _train_step(self):
+        x, y, w = self._batch()
+        grads, _ = self._grad(self.params, x, y, w)
+        t = self.step + 1
+        gates = {}
+        for name, period in self.periods.items():
+            due = (torch.remainder(t, period.clamp(min=1)) == 0) & (period > 0)
+            gates[name] = due.to(self.active.dtype) * self.active
+        apply_updates(
+            self.cfg.train.optimizer,
+            self.params,
+            grads,
+            self.state,
+            self.lr,
+            self.wd,
+            gates,
+            t,
+            self.hyper,
+        )
+        self.step.add_(1)
+
+    # ---------------------------------------------------------------- evaluation -------
+    @torch.no_grad()
+    def _evaluate(self):
+        E = self.E
+        sums = torch.zeros(4, E, device=self.device)
+        loss_fn = LOSSES[self.cfg.train.loss]
+        for start in range(0, self.N, self.eval_rows):
+            end = min(self.N, start + self.eval_rows)
+            with _precision_context(self.cfg.train.precision, self.device):
+                out = functional_call(
+                    self.model, self.params, (self.inputs[:, start:end],), {"last_only": True}
+                )
+            out = out.float()
+            y = self.targets[:, start:end]
+            loss, hit = loss_fn(out, y), correct(out, y)
+            tm, vm = self.train_mask[:, start:end], self.val_mask[:, start:end]
+            sums += torch.stack(
+                [(loss * tm).sum(1), (hit * tm).sum(1), (loss * vm).sum(1), (hit * vm).sum(1)]
+            )
+        n_tr = self.n_train.float()
+        norm = torch.zeros(E, device=self.device)
+        for p in self.params.values():
+            norm += p.float().pow(2).flatten(1).sum(1)
+        row = torch.stack(
+            [
+                sums[0] / n_tr,
+                sums[1] / n_tr,
+                sums[2] / self.n_val,
+                sums[3] / self.n_val,
+                norm.sqrt(),
+                self._med(),
+            ],
+            dim=1,
+        )
+        self.history.index_copy_(0, self.eval_slot.reshape(1), row.unsqueeze(0))
+        self.eval_slot.add_(1)
+        if self.early_stop:
+            self.active.mul_((row[:, 3] < self.stop_at).to(self.active.dtype))
+
+    def _med(self):
+        """Mean embedding difference (seed 004): mean ‖E[t+1] − E[t]‖ over each operand's
+        tokens, averaged over the two operands; NaN when the task or model has none."""
+        emb = self.model.embedding_for_med(self.params) if self.med_ranges else None
+        if emb is None:
+            return torch.full((self.E,), math.nan, device=self.device)
+        parts = []
+        for lo, hi in self.med_ranges:
+            block = emb[:, lo:hi].float()
+            parts.append((block[:, 1:] - block[:, :-1]).norm(dim=-1).mean(-1))
+        return torch.stack(parts).mean(0)
+
+    # ---------------------------------------------------------------- capture ----------
+    def _mutable(self) -> list[torch.Tensor]:
+        return [
+            *self.params.values(),
+            *self.state.tensors().values(),
+            self.step,
+            self.history,
+            self.eval_slot,
+            self.active,
+        ]
+
+    def prepare(self) -> None:
+        """Compile and capture (on CUDA); time spent here is reported as compile time."""
+        if self._graphs is not None:
+            return
+        t0 = time.perf_counter()
+        train_fn, eval_fn = self._train_step, self._evaluate
+        if self.opts.compile:
+            train_fn = torch.compile(train_fn, dynamic=False)
+            eval_fn = torch.compile(eval_fn, dynamic=False)
+        if self.device.type == "cuda" and self.opts.cuda_graph:
+            saved = [t.clone() for t in self._mutable()]
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    train_fn()
+                    eval_fn()
+            torch.cuda.current_stream().wait_stream(side)
+            torch.cuda.synchronize()
+            for t, s in zip(self._mutable(), saved):
+                t.copy_(s)
+            pool = torch.cuda.graph_pool_handle()
+            g_train, g_eval = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g_train, pool=pool):
+                train_fn()
+            with torch.cuda.graph(g_eval, pool=pool):
+                eval_fn()
+            torch.cuda.synchronize()
+            self._train_fn, self._eval_fn = g_train.replay, g_eval.replay
+        elif self.opts.compile:
+            saved = [t.clone() for t in self._mutable()]
+            train_fn()
+            eval_fn()
+            for t, s in zip(self._mutable(), saved):
+                t.copy_(s)
+            self._train_fn, self._eval_fn = train_fn, eval_fn
+        self._graphs = (self._train_fn, self._eval_fn)
+        self.timing.compile_s = time.perf_counter() - t0
+
+    # ---------------------------------------------------------------- checkpoints -------
+    def fingerprint(self) -> str:
+        return ckpt.fingerprint([(m.run_id, m.config.fingerprint()) for m in self.members])
+
+    def state_dict(self) -> dict:
+        return {
+            "fingerprint": self.fingerprint(),
+            "step": self.step_host,
+            "evals_done": self.evals_done,
+            "tensors": {f"t{i}": t.detach().cpu() for i, t in enumerate(self._mutable())},
+        }
+
+    def load_state_dict(self, sd: dict) -> None:
+        if sd["fingerprint"] != self.fingerprint():
+            raise ValueError("checkpoint belongs to other runs")
+        for i, t in enumerate(self._mutable()):
+            t.copy_(sd["tensors"][f"t{i}"].to(t.device))
+        self.step_host = sd["step"]
+        self.evals_done = sd["evals_done"]
+
+    # ---------------------------------------------------------------- the loop ----------
+    def run(self, checkpoint_path=None, checkpoint_every: int | None = None) -> None:
+        """Train to the step budget (or until every member stopped early), evaluating on the
+        schedule; checkpoints every `checkpoint_every` steps when a path is given."""
+        every = checkpoint_every or self.cfg.train.checkpoint_every
+        if checkpoint_path is not None:
+            sd = ckpt.load(checkpoint_path, self.fingerprint())
+            if sd is not None:
+                self.load_state_dict(sd)
+        self.prepare()
+        total = self.cfg.train.steps
+        bar = None
+        if self.opts.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(
+                total=total,
+                initial=self.step_host,
+                desc=self.label,
+                unit="step",
+                position=self.opts.progress_position,
+                leave=True,
+                mininterval=2.0,
+                dynamic_ncols=True,
+            )
+        last_ckpt = self.step_host
+        t0 = time.perf_counter()
+        steps_before = self.step_host
+        train_fn, eval_fn = self._train_fn, self._eval_fn
+        while self.evals_done < len(self.eval_steps):
+            target = self.eval_steps[self.evals_done]
+            for _ in range(target - self.step_host):
+                train_fn()
+            if bar is not None:
+                bar.update(target - self.step_host)
+            self.step_host = target
+            eval_fn()
+            self.evals_done += 1
+            done = self.evals_done == len(self.eval_steps)
+            # One host sync every 8 evaluations: stop once every member has stopped early.
+            if self.early_stop and (self.evals_done % 8 == 0 or done) and not self.active.any():
+                done = True
+            if checkpoint_path is not None and (done or self.step_host - last_ckpt >= every):
+                ckpt.save(checkpoint_path, self.state_dict())
+                last_ckpt = self.step_host
+            if done:
+                break
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.timing.train_s += time.perf_counter() - t0
+        self.timing.steps += self.step_host - steps_before
+        if bar is not None:
+            bar.close()
+
+    def results(self, keep_params: bool = False) -> list[MemberResult]:
+        hist = self.history[: self.evals_done].cpu().numpy()
+        steps = np.array(self.eval_steps[: self.evals_done])
+        out = []
+        for i, m in enumerate(self.members):
+            n = len(steps)
+            thr = m.config.train.early_stop
+            if thr is not None:
+                hit = np.flatnonzero(hist[:, i, 3] >= thr)
+                if len(hit):
+                    n = hit[0] + 1
+            metrics = {name: hist[:n, i, j] for j, name in enumerate(METRICS)}
+            params = {}
+            if keep_params:
+                params = {k: v[i].detach().cpu().clone() for k, v in self.params.items()}
+            out.append(MemberResult(m.run_id, steps[:n], metrics, params))
+        return out

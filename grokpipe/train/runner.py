@@ -1,0 +1,220 @@
+"""Deal an experiment's runs into ensembles and train them on every visible device.
+
+Runs that can share kernels are grouped (see `ensemble.group_key`), large groups are cut to at
+most `max_members`, and groups are split further while there are more devices than jobs. Jobs
+go to one worker process per GPU through a queue (the largest first), so a device that finishes
+early takes the next job. On a machine without GPUs one in-process worker trains on the CPU.
+
+Each job checkpoints to `<checkpoint_dir>/<job>.pt` and leaves `<job>.result.pt` when done; a
+re-run after a crash skips finished jobs and resumes the others from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import traceback
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from grokpipe.config.schema import check
+from grokpipe.train import checkpoint as ckpt
+from grokpipe.train.ensemble import EngineOptions, EnsembleTrainer, Member, MemberResult, group_key
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """`engine:` block of params.yaml: where and how to run, never what to compute."""
+
+    devices: str | list[int] = "auto"  # auto: every visible GPU, else the CPU; "cpu"; [0, 1]
+    compile: bool | str = "auto"  # auto: on for CUDA
+    cuda_graph: bool | str = "auto"
+    max_members: int = 256
+    eval_member_rows: int = 131072
+    progress: bool = True
+
+    def validate(self, key: str) -> None:
+        check(self.max_members >= 1, f"{key}.max_members", "must be positive")
+        check(self.eval_member_rows >= 1, f"{key}.eval_member_rows", "must be positive")
+        if isinstance(self.devices, str):
+            check(
+                self.devices in ("auto", "cpu"),
+                f"{key}.devices",
+                f"expected 'auto', 'cpu' or a list of GPU indices, got {self.devices!r}",
+            )
+        for k in ("compile", "cuda_graph"):
+            v = getattr(self, k)
+            check(isinstance(v, bool) or v == "auto", f"{key}.{k}", "expected true, false or auto")
+
+    def device_names(self) -> list[str]:
+        if self.devices == "cpu" or not torch.cuda.is_available():
+            if isinstance(self.devices, list) and self.devices:
+                raise RuntimeError(f"engine.devices asks for GPUs {self.devices}, none visible")
+            return ["cpu"]
+        if self.devices == "auto":
+            return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        n = torch.cuda.device_count()
+        for i in self.devices:
+            if not 0 <= i < n:
+                raise RuntimeError(f"engine.devices names GPU {i}; {n} visible")
+        return [f"cuda:{i}" for i in self.devices]
+
+    def options(self, device: str, position: int = 0) -> EngineOptions:
+        cuda = device.startswith("cuda")
+
+        def pick(v):
+            return cuda if v == "auto" else bool(v)
+
+        return EngineOptions(
+            device=device,
+            compile=pick(self.compile),
+            cuda_graph=pick(self.cuda_graph) and cuda,
+            eval_member_rows=self.eval_member_rows,
+            progress=self.progress,
+            progress_position=position,
+        )
+
+
+@dataclass
+class Job:
+    job_id: str
+    label: str
+    members: list[Member]
+    keep_params: bool
+
+    @property
+    def cost(self) -> float:
+        cfg = self.members[0].config
+        return len(self.members) * cfg.train.steps
+
+
+def _code_version() -> str:
+    """Hash of the engine, model and task source: a checkpoint never outlives a code change."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha1()
+    for sub in ("train", "models", "tasks"):
+        for f in sorted((root / sub).glob("*.py")):
+            h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def plan_jobs(
+    members: list[Member], max_members: int, n_devices: int, label: str, keep_params: set[str]
+) -> list[Job]:
+    groups: dict[str, list[Member]] = defaultdict(list)
+    for m in members:
+        groups[group_key(m.config, m.data)].append(m)
+    chunks: list[list[Member]] = []
+    for g in groups.values():
+        n_chunks = -(-len(g) // max_members)
+        size = -(-len(g) // n_chunks)
+        chunks += [g[i : i + size] for i in range(0, len(g), size)]
+    # More devices than jobs: halve the largest job while that keeps members ≥ 2.
+    while len(chunks) < n_devices:
+        chunks.sort(key=len, reverse=True)
+        if len(chunks[0]) < 2:
+            break
+        big = chunks.pop(0)
+        half = -(-len(big) // 2)
+        chunks += [big[:half], big[half:]]
+    version = _code_version()
+    jobs = []
+    for chunk in chunks:
+        ident = ckpt.fingerprint([version] + [(m.run_id, m.config.fingerprint()) for m in chunk])
+        job_label = f"{label}[{chunk[0].run_id}..{chunk[-1].run_id}]x{len(chunk)}"
+        jobs.append(Job(ident, job_label, chunk, any(m.run_id in keep_params for m in chunk)))
+    jobs.sort(key=lambda j: j.cost, reverse=True)
+    return jobs
+
+
+def _run_job(job: Job, opts: EngineOptions, checkpoint_dir: Path) -> dict:
+    result_path = checkpoint_dir / f"{job.job_id}.result.pt"
+    done = ckpt.load(result_path, job.job_id)
+    if done is not None:
+        return done
+    trainer = EnsembleTrainer(job.members, replace(opts), label=job.label)
+    trainer.run(checkpoint_dir / f"{job.job_id}.pt")
+    out = {
+        "fingerprint": job.job_id,
+        "results": trainer.results(keep_params=job.keep_params),
+        "timing": {
+            "label": job.label,
+            "members": len(job.members),
+            "device": opts.device,
+            **vars(trainer.timing),
+        },
+    }
+    ckpt.save(result_path, out)
+    (checkpoint_dir / f"{job.job_id}.pt").unlink(missing_ok=True)
+    return out
+
+
+def _worker(rank: int, device: str, engine: EngineConfig, jobs, queue, results, ckdir: str):
+    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+    try:
+        torch.cuda.set_device(torch.device(device))
+        opts = engine.options(device, position=rank)
+        while True:
+            idx = queue.get()
+            if idx is None:
+                break
+            _run_job(jobs[idx], opts, Path(ckdir))
+            results.put(("done", idx, None))
+    except BaseException:
+        results.put(("error", rank, traceback.format_exc()))
+
+
+def train_members(
+    members: list[Member],
+    engine: EngineConfig,
+    checkpoint_dir: Path,
+    label: str,
+    keep_params: set[str] = frozenset(),
+):
+    """Train every member; returns ({run_id: MemberResult}, [timing per job])."""
+    devices = engine.device_names()
+    checkpoint_dir = Path(checkpoint_dir)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    jobs = plan_jobs(members, engine.max_members, len(devices), label, set(keep_params))
+    outputs: list[dict] = []
+    if len(devices) == 1:
+        opts = engine.options(devices[0])
+        outputs = [_run_job(job, opts, checkpoint_dir) for job in jobs]
+    else:
+        ctx = torch.multiprocessing.get_context("spawn")
+        queue, results = ctx.Queue(), ctx.Queue()
+        for i in range(len(jobs)):
+            queue.put(i)
+        for _ in devices:
+            queue.put(None)
+        procs = [
+            ctx.Process(
+                target=_worker,
+                args=(r, d, engine, jobs, queue, results, str(checkpoint_dir)),
+                daemon=True,
+            )
+            for r, d in enumerate(devices)
+        ]
+        for p in procs:
+            p.start()
+        finished = 0
+        try:
+            while finished < len(jobs):
+                kind, _, tb = results.get()
+                if kind == "error":
+                    raise RuntimeError(f"a training worker failed:\n{tb}")
+                finished += 1
+        finally:
+            for p in procs:
+                if p.is_alive() and finished < len(jobs):
+                    p.terminate()
+                p.join()
+        outputs = [ckpt.load(checkpoint_dir / f"{j.job_id}.result.pt", j.job_id) for j in jobs]
+    by_run: dict[str, MemberResult] = {}
+    for out in outputs:
+        for r in out["results"]:
+            by_run[r.run_id] = r
+    return by_run, [o["timing"] for o in outputs]

@@ -1,0 +1,30 @@
+"""Stage `figures@<experiment>`: the experiment's seaborn figures from its result tables."""
+
+from __future__ import annotations
+
+import sys
+
+from grokpipe.config.experiment import load_params
+from grokpipe.config.validate import check_experiment
+from grokpipe.figures import FIGURES
+from grokpipe.figures.context import FigureContext
+from grokpipe.figures.style import setup
+from grokpipe.io import atomic_dir, stage_main
+
+
+@stage_main
+def main(name: str) -> None:
+    exp = check_experiment(load_params(), name)
+    setup()
+    written = []
+    with atomic_dir(f"reports/figures/{name}") as tmp:
+        ctx = FigureContext.load(
+            exp, f"data/runs/{name}", f"reports/metrics/{name}.json", f"data/datasets/{name}", tmp
+        )
+        for kind in exp.figures:
+            written += FIGURES[kind](ctx)
+    print(f"{name}: {len(written)} figure(s) -> reports/figures/{name}/")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

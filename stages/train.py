@@ -1,0 +1,46 @@
+"""Stage `train@<experiment>`: train every run of the experiment on every visible device.
+
+Checkpoints go to data/checkpoints/<experiment>/ (kept across DVC re-runs), so a killed stage
+resumes where it stopped; they are removed once the run outputs are written.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from grokpipe import runstore
+from grokpipe.config.experiment import load_params
+from grokpipe.config.validate import check_experiment, engine_config
+from grokpipe.io import stage_main
+from grokpipe.tasks import store
+from grokpipe.train.ensemble import Member
+from grokpipe.train.runner import train_members
+
+
+@stage_main
+def main(name: str) -> None:
+    params = load_params()
+    exp = check_experiment(params, name)
+    engine = engine_config(params)
+    datasets, splits, manifest = store.read(f"data/datasets/{name}", exp)
+    members = []
+    for run, row in zip(exp.runs, manifest, strict=True):
+        train_idx, val_idx = splits[run.run_id]
+        members.append(Member(run.run_id, run.config, datasets[row["dataset"]], train_idx, val_idx))
+    keep = {r.run_id for r in exp.runs} if exp.options.save_weights else set()
+    checkpoints = Path("data/checkpoints") / name
+    t0 = time.perf_counter()
+    results, timings = train_members(members, engine, checkpoints, name, keep)
+    runstore.write(f"data/runs/{name}", exp, results, timings)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    print(
+        f"{name}: trained {len(members)} run(s) in {len(timings)} ensemble(s), "
+        f"{time.perf_counter() - t0:.1f} s -> data/runs/{name}"
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
