@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from grokpipe import runstore
-from grokpipe.analysis import grokking
+from grokpipe.analysis import ANALYSES, grokking
 from grokpipe.config.experiment import load_params
 from grokpipe.config.validate import check_experiment
 from grokpipe.io import atomic_file, stage_main, write_json
@@ -22,6 +22,7 @@ def main(name: str) -> None:
     metrics = grokking.experiment_metrics(
         name, exp.title, params.get("preset", "full"), table, runstore.read_timing(src)
     )
+    metrics["analyses"] = {kind: ANALYSES[kind](exp, table) for kind in exp.analyses}
     curves = grokking.curves(runs, history)
     with atomic_file(f"reports/curves/{name}.tsv") as fh:
         curves.to_csv(fh, sep="\t", index=False, float_format="%.5g")

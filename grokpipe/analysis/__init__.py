@@ -1,0 +1,24 @@
+"""Analyses that turn result tables into numbers.
+
+`ANALYSES` is the registry of experiment-specific analyses: kind -> function(experiment,
+table) -> JSON-able dict with at least a one-line "verdict". An experiment lists the kinds it
+wants under `analyses:` in params.yaml; the evaluate stage writes each result under
+`analyses.<kind>` of the experiment's metrics file, and figures may quote the verdict.
+`table` is `grokking.per_run(...)`: runs.tsv joined with memorized_at, grokked_at, delay, ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+ANALYSES: dict[str, Callable] = {}
+
+
+def register(kind: str):
+    def deco(fn):
+        if kind in ANALYSES:
+            raise ValueError(f"analysis {kind!r} registered twice")
+        ANALYSES[kind] = fn
+        return fn
+
+    return deco

@@ -150,6 +150,7 @@ class Experiment:
     axes: list[str]  # short names of grid axes, in order; `seed` included when gridded
     runs: list[RunSpec]
     figures: list[str]
+    analyses: list[str]  # experiment-specific analyses (grokpipe.analysis.ANALYSES)
     options: ExperimentOptions
 
     @property
@@ -158,7 +159,7 @@ class Experiment:
         return [a for a in self.axes if a != "seed"]
 
 
-EXPERIMENT_KEYS = {"title", "task", "grid", "figures", "options", "quick", "seed"}
+EXPERIMENT_KEYS = {"title", "task", "grid", "figures", "analyses", "options", "quick", "seed"}
 RUN_SECTIONS = {"data", "model", "train", "eval"}
 
 
@@ -257,7 +258,11 @@ def load_experiment(params: dict, name: str) -> Experiment:
     names = short_names(axes)
     runs: list[RunSpec] = []
     seen: dict[str, str] = {}
-    base = {k: v for k, v in block.items() if k not in ("grid", "figures", "options", "title")}
+    base = {
+        k: v
+        for k, v in block.items()
+        if k not in ("grid", "figures", "analyses", "options", "title")
+    }
     for g in grids:
         for combo in itertools.product(*g.values()):
             settings = dict(zip(g.keys(), combo))
@@ -279,6 +284,8 @@ def load_experiment(params: dict, name: str) -> Experiment:
     figures = block.get("figures") or ["curves", "grok_steps"]
     check(isinstance(figures, list), f"{key}.figures", "expected a list of figure kinds")
     options = from_dict(ExperimentOptions, block.get("options"), f"{key}.options")
+    analyses = block.get("analyses") or []
+    check(isinstance(analyses, list), f"{key}.analyses", "expected a list of analysis kinds")
     title = block.get("title") or name
     return Experiment(
         name, str(title), block["task"], [names[a] for a in axes], runs, figures, options

@@ -20,6 +20,7 @@ def engine_config(params: dict):
 
 def check_experiment(params: dict, name: str) -> Experiment:
     """Load and fully validate one experiment; raises ConfigError naming the bad key."""
+    from grokpipe.analysis import ANALYSES
     from grokpipe.figures import FIGURES
     from grokpipe.models import build_model
     from grokpipe.tasks import TASKS
@@ -31,6 +32,11 @@ def check_experiment(params: dict, name: str) -> Experiment:
         if kind not in FIGURES:
             raise ConfigError(
                 f"{key}.figures[{i}]", f"unknown figure kind {kind!r} (known: {', '.join(FIGURES)})"
+            )
+    for i, kind in enumerate(exp.analyses):
+        if kind not in ANALYSES:
+            raise ConfigError(
+                f"{key}.analyses[{i}]", f"unknown analysis {kind!r} (known: {', '.join(ANALYSES)})"
             )
     task = TASKS[exp.task]
     checked = set()
