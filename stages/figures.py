@@ -6,7 +6,7 @@ import sys
 
 from grokpipe.config.experiment import load_params
 from grokpipe.config.validate import check_experiment
-from grokpipe.figures import FIGURES
+from grokpipe.figures import figure
 from grokpipe.figures.context import FigureContext
 from grokpipe.figures.style import setup
 from grokpipe.io import atomic_dir, stage_main
@@ -22,7 +22,7 @@ def main(name: str) -> None:
             exp, f"data/runs/{name}", f"reports/metrics/{name}.json", f"data/datasets/{name}", tmp
         )
         for kind in exp.figures:
-            written += FIGURES[kind](ctx)
+            written += figure(kind)(ctx)
     print(f"{name}: {len(written)} figure(s) -> reports/figures/{name}/")
 
 

@@ -22,3 +22,12 @@ def register(kind: str):
         return fn
 
     return deco
+
+
+def _register_all() -> None:
+    """Import the modules whose analyses register themselves (at the bottom: they import
+    `register` from this module)."""
+    from grokpipe.analysis import parity  # noqa: F401
+
+
+_register_all()

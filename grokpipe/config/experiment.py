@@ -173,7 +173,11 @@ def resolve_block(params: dict, name: str) -> dict:
     key = f"experiments.{name}"
     check(isinstance(block, dict), key, "expected a mapping")
     task = block.get("task")
-    check(task in TASKS, f"{key}.task", f"expected one of {sorted(TASKS)}, got {task!r}")
+    check(
+        isinstance(task, str) and task in TASKS,
+        f"{key}.task",
+        f"expected one of {sorted(TASKS)}, got {task!r}",
+    )
     defaults = (params.get("defaults") or {}).get(task) or {}
     merged = deep_merge(_without_quick(defaults), _without_quick(block))
     if preset == "quick":
@@ -233,7 +237,9 @@ def build_run_config(block: dict, key: str) -> RunConfig:
     model_block = dict(block.get("model") or {})
     family = model_block.pop("family", None)
     check(
-        family in MODELS, f"{key}.model.family", f"expected one of {sorted(MODELS)}, got {family!r}"
+        isinstance(family, str) and family in MODELS,
+        f"{key}.model.family",
+        f"expected one of {sorted(MODELS)}, got {family!r}",
     )
     model = from_dict(MODELS[family].Config, model_block, f"{key}.model")
     train = from_dict(TrainConfig, block.get("train"), f"{key}.train")
@@ -288,7 +294,7 @@ def load_experiment(params: dict, name: str) -> Experiment:
     check(isinstance(analyses, list), f"{key}.analyses", "expected a list of analysis kinds")
     title = block.get("title") or name
     return Experiment(
-        name, str(title), block["task"], [names[a] for a in axes], runs, figures, options
+        name, str(title), block["task"], [names[a] for a in axes], runs, figures, analyses, options
     )
 
 

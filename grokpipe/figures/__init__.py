@@ -1,26 +1,24 @@
-"""Figure registry: kind -> function(FigureContext) -> list of written paths.
+"""Figure registry: kind -> "module:function"; the function takes a FigureContext and returns
+the paths it wrote.
 
-An experiment lists the kinds it wants under `figures:` in params.yaml.
+Entries are names, resolved on use, so that validating params (which checks figure kinds)
+does not pay for importing matplotlib and seaborn. An experiment lists the kinds it wants under
+`figures:` in params.yaml.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
-FIGURES: dict[str, Callable] = {}
+FIGURES: dict[str, str] = {
+    "curves": "grokpipe.figures.binary_ops:curves",
+    "grok_steps": "grokpipe.figures.binary_ops:grok_steps",
+    "fraction_sweep": "grokpipe.figures.binary_ops:fraction_sweep",
+    "value_counts": "grokpipe.figures.binary_ops:value_counts",
+}
 
 
-def _register_all() -> None:
-    from grokpipe.figures import binary_ops
-
-    FIGURES.update(
-        {
-            "curves": binary_ops.curves,
-            "grok_steps": binary_ops.grok_steps,
-            "fraction_sweep": binary_ops.fraction_sweep,
-            "value_counts": binary_ops.value_counts,
-        }
-    )
-
-
-_register_all()
+def figure(kind: str) -> Callable:
+    module, _, fn = FIGURES[kind].partition(":")
+    return getattr(importlib.import_module(module), fn)

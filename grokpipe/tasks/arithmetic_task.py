@@ -40,6 +40,28 @@ class ArithmeticData:
             )
         else:
             check(self.k is None, f"{key}.k", f"split {self.split!r} takes no k")
+        n_train, n_val = self.split_sizes()
+        check(
+            n_val > 0,
+            f"{key}.k" if self.split in NEEDS_K else f"{key}.train_fraction",
+            f"leaves no validation rows for {self.op} mod {self.p}",
+        )
+        check(
+            n_train > 0 and (self.split in NEEDS_K or n_val > 0),
+            f"{key}.train_fraction",
+            f"{self.train_fraction} leaves no training rows for {self.op} mod {self.p}",
+        )
+
+    def split_sizes(self) -> tuple[int, int]:
+        """(training rows, validation rows) this split gives, without building the table."""
+        xs, ys = operand_values(OPERATIONS[self.op], self.p)
+        x, y = np.meshgrid(xs, ys, indexing="ij")
+        if self.split == "random":
+            n_train = int(round(self.train_fraction * x.size))
+            return n_train, x.size - n_train
+        region = (x <= self.k) if self.split == "strip" else (x <= self.k) & (y <= self.k)
+        n_region = int(region.sum())
+        return int(round(self.train_fraction * (x.size - n_region))), n_region
 
 
 class ArithmeticTask:

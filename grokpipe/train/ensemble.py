@@ -54,6 +54,7 @@ class EngineOptions:
     eval_member_rows: int = 131072  # rows x members per evaluation forward (memory only)
     progress: bool = True
     progress_position: int = 0
+    stop_check_every: int = 8  # evaluations between host checks for "every member stopped"
 
 
 @dataclass
@@ -411,8 +412,9 @@ class EnsembleTrainer:
             eval_fn()
             self.evals_done += 1
             done = self.evals_done == len(self.eval_steps)
-            # One host sync every 8 evaluations: stop once every member has stopped early.
-            if self.early_stop and (self.evals_done % 8 == 0 or done) and not self.active.any():
+            # One host sync every few evaluations: stop once every member has stopped early.
+            check_now = self.evals_done % self.opts.stop_check_every == 0 or done
+            if self.early_stop and check_now and not self.active.any():
                 done = True
             if checkpoint_path is not None and (done or self.step_host - last_ckpt >= every):
                 ckpt.save(checkpoint_path, self.state_dict())

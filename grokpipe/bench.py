@@ -1,0 +1,247 @@
+"""Benchmark the training engine against the plain eager reference loop, in one process.
+
+    python -m grokpipe.bench [--device cuda] [--out bench.json] [--quick]
+
+(a) reference loop steps/s; (b) engine, one run; (c) engine ensembles (default 8, 64, 256):
+steps/s, model-steps/s, peak device memory; (d) seconds and steps to 99 % validation accuracy on
+x/y mod 97 with 50 % training data, 3 seeds, reference vs engine (compile time reported apart).
+`--multi-gpu` adds a two-ensemble workload through the multi-device runner on 1 GPU and on all.
+Prints a table last and writes every number to JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from grokpipe.reference import train_reference
+from grokpipe.train.ensemble import EngineOptions, EnsembleTrainer
+from grokpipe.train.members import members_from_block
+
+
+def power_block(
+    op: str,
+    p: int,
+    steps: int,
+    seeds: list[int],
+    every: int = 100,
+    early_stop: float | None = None,
+    precision: str = "tf32",
+) -> dict:
+    """An experiment block with Power et al.'s model and optimiser (SPEC §1 defaults)."""
+    return {
+        "task": "arithmetic",
+        "data": {"op": op, "p": p, "train_fraction": 0.5},
+        "model": {
+            "family": "transformer",
+            "n_layers": 2,
+            "d_model": 128,
+            "n_heads": 4,
+            "d_ff": 512,
+        },
+        "train": {
+            "steps": steps,
+            "batch_size": 512,
+            "lr": 1e-3,
+            "weight_decay": 1.0,
+            "betas": [0.9, 0.98],
+            "warmup_steps": 10,
+            "early_stop": early_stop,
+            "precision": precision,
+        },
+        "eval": {"every": every, "log_points": 0},
+        "grid": {"seed": seeds},
+    }
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _peak_reset(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gib(device: str) -> float | None:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**30
+    return None
+
+
+def bench_reference(device: str, steps: int) -> dict:
+    m = members_from_block(power_block("x/y", 97, steps, [0]))[0]
+    train_reference(m.data, m.train_idx, m.val_idx, min(100, steps), device)  # warm-up
+    r = train_reference(m.data, m.train_idx, m.val_idx, steps, device)
+    return {"steps": r.steps, "seconds": r.seconds, "steps_per_s": r.steps / r.seconds}
+
+
+def bench_engine(
+    device: str, members: int, steps: int, opts: EngineOptions, precision: str
+) -> dict:
+    block = power_block("x/y", 97, steps, list(range(members)), precision=precision)
+    trainer = EnsembleTrainer(members_from_block(block), opts, label=f"bench x{members}")
+    _peak_reset(device)
+    trainer.prepare()
+    trainer.run()
+    t = trainer.timing
+    return {
+        "members": members,
+        "steps": t.steps,
+        "seconds": t.train_s,
+        "compile_seconds": t.compile_s,
+        "steps_per_s": t.steps / t.train_s,
+        "model_steps_per_s": members * t.steps / t.train_s,
+        "peak_gib": _peak_gib(device),
+    }
+
+
+def bench_time_to_grok(device: str, opts: EngineOptions, budget: int, precision: str) -> dict:
+    """x/y mod 97, 50 % data, 3 seeds: seconds and steps until validation ≥ 0.99."""
+    seeds = [0, 1, 2]
+    out = {"reference": [], "engine": []}
+    block = power_block("x/y", 97, budget, seeds, every=100, early_stop=0.99, precision=precision)
+    members = members_from_block(block)
+    for m in members:
+        r = train_reference(
+            m.data, m.train_idx, m.val_idx, budget, device, seed=m.config.seed, stop_at=0.99
+        )
+        out["reference"].append(
+            {"seed": m.config.seed, "steps": r.steps, "seconds": r.seconds, "reached": r.reached}
+        )
+    fast = EngineOptions(**{**vars(opts), "stop_check_every": 1})
+    for m in members:
+        trainer = EnsembleTrainer([m], fast, label=f"grok seed {m.config.seed}")
+        trainer.run()
+        res = trainer.results()[0]
+        reached = bool(len(res.steps) and res.metrics["val_acc"][-1] >= 0.99)
+        out["engine"].append(
+            {
+                "seed": m.config.seed,
+                "steps": int(res.steps[-1]),
+                "seconds": trainer.timing.train_s,
+                "compile_seconds": trainer.timing.compile_s,
+                "reached": reached,
+            }
+        )
+    together = EnsembleTrainer(members, fast, label="grok 3 seeds together")
+    together.run()
+    out["engine_3_seeds_one_ensemble_seconds"] = together.timing.train_s
+    for k in ("reference", "engine"):
+        out[f"{k}_median_seconds"] = statistics.median(r["seconds"] for r in out[k])
+        out[f"{k}_median_steps"] = statistics.median(r["steps"] for r in out[k])
+    return out
+
+
+def bench_multi_gpu(steps: int, members: int, precision: str) -> dict:
+    """Two ensembles (x/y and x+y, different shapes) through the runner: 1 GPU vs all GPUs."""
+    from grokpipe.train.runner import EngineConfig, train_members
+
+    pool = members_from_block(
+        power_block("x/y", 97, steps, list(range(members)), precision=precision), "a"
+    ) + members_from_block(
+        power_block("x+y", 97, steps, list(range(members)), precision=precision), "b"
+    )
+    for i, m in enumerate(pool):
+        m.run_id = f"m{i:04d}"
+    out = {}
+    n = torch.cuda.device_count()
+    for name, devices in (("one_gpu", [0]), ("all_gpus", list(range(n)))):
+        engine = EngineConfig(devices=devices, progress=False)
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            _, timings = train_members(pool, engine, Path(tmp), "multi")
+            out[name] = {
+                "gpus": len(devices),
+                "wall_seconds": time.perf_counter() - t0,
+                "jobs": timings,
+            }
+    out["ratio"] = out["all_gpus"]["wall_seconds"] / out["one_gpu"]["wall_seconds"]
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--steps", type=int, default=3000, help="timed steps per measurement")
+    ap.add_argument("--sizes", default="8,64,256")
+    ap.add_argument("--precision", default="tf32", choices=["fp32", "tf32", "bf16"])
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--grok-budget", type=int, default=20000)
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: ref,grok,sizes")
+    ap.add_argument("--multi-gpu", action="store_true")
+    ap.add_argument("--out", default="bench.json")
+    args = ap.parse_args(argv)
+    dev = args.device
+    cuda = dev.startswith("cuda")
+    opts = EngineOptions(
+        device=dev, compile=cuda and not args.no_compile, cuda_graph=cuda, progress=False
+    )
+    skip = set(filter(None, args.skip.split(",")))
+    report = {
+        "device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "precision": args.precision,
+        "args": vars(args),
+    }
+    if "ref" not in skip:
+        report["reference"] = bench_reference(dev, args.steps)
+        print("reference", report["reference"], flush=True)
+    report["engine"] = [bench_engine(dev, 1, args.steps, opts, args.precision)]
+    print("engine x1", report["engine"][-1], flush=True)
+    if "sizes" not in skip:
+        for size in [int(s) for s in args.sizes.split(",") if s]:
+            steps = max(200, args.steps // max(1, size // 8))
+            report["engine"].append(bench_engine(dev, size, steps, opts, args.precision))
+            print(f"engine x{size}", report["engine"][-1], flush=True)
+    if "grok" not in skip:
+        report["time_to_grok"] = bench_time_to_grok(dev, opts, args.grok_budget, args.precision)
+    if args.multi_gpu:
+        report["multi_gpu"] = bench_multi_gpu(args.steps, 64, args.precision)
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    print_table(report)
+
+
+def print_table(r: dict) -> None:
+    print(f"\n== grokpipe bench: {r['device']}, torch {r['torch']}, {r['precision']} ==")
+    ref = r.get("reference")
+    if ref:
+        print(f"reference loop (1 run)      {ref['steps_per_s']:10.1f} steps/s")
+    for e in r["engine"]:
+        speed = f" = {e['steps_per_s'] / ref['steps_per_s']:.1f}x ref" if ref else ""
+        mem = f"  peak {e['peak_gib']:.2f} GiB" if e["peak_gib"] is not None else ""
+        print(
+            f"engine x{e['members']:<4d} {e['steps_per_s']:10.1f} steps/s "
+            f"{e['model_steps_per_s']:11.1f} model-steps/s{speed}{mem}"
+            f"  (compile {e['compile_seconds']:.1f} s)"
+        )
+    g = r.get("time_to_grok")
+    if g:
+        for k in ("reference", "engine"):
+            runs = ", ".join(f"{x['steps']} st/{x['seconds']:.2f} s" for x in g[k])
+            print(
+                f"x/y mod 97 to 99% val, {k:9s}: median {g[f'{k}_median_seconds']:.2f} s "
+                f"({g[f'{k}_median_steps']} steps) [{runs}]"
+            )
+        print(
+            f"x/y mod 97, 3 seeds as one ensemble: {g['engine_3_seeds_one_ensemble_seconds']:.2f} s"
+        )
+    m = r.get("multi_gpu")
+    if m:
+        print(
+            f"two ensembles: 1 GPU {m['one_gpu']['wall_seconds']:.1f} s, "
+            f"{m['all_gpus']['gpus']} GPUs {m['all_gpus']['wall_seconds']:.1f} s "
+            f"(ratio {m['ratio']:.2f})"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""Ensemble models: output shapes, member independence, per-member seeded initialisation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from grokpipe.models import MODELS, build_model
+from grokpipe.models.mlp import MLPConfig
+from grokpipe.models.transformer import TransformerConfig
+
+TOKEN_INFO = {"vocab_size": 13, "seq_len": 4, "n_classes": 13}  # x+y mod 11
+FEATURE_INFO = {"input_dim": 10, "n_classes": 1}  # parity-style ±1 features
+B = 5
+
+
+def tokens(E: int, info: dict = TOKEN_INFO, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, info["vocab_size"], (E, B, info["seq_len"]), generator=g)
+
+
+def features(E: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 2, (E, B, FEATURE_INFO["input_dim"]), generator=g).float() * 2 - 1
+
+
+def init_all(model, seeds) -> None:
+    for i, s in enumerate(seeds):
+        model.init_member(i, torch.Generator().manual_seed(s))
+
+
+def transformer(E: int, **kw):
+    cfg = TransformerConfig(**{"n_layers": 2, "d_model": 16, "n_heads": 4, "d_ff": 32, **kw})
+    model = build_model("transformer", cfg, TOKEN_INFO, E)
+    init_all(model, range(100, 100 + E))
+    return model
+
+
+def mlp(E: int, info: dict, **kw):
+    model = build_model("mlp", MLPConfig(**{"hidden": [24, 24], "d_embed": 8, **kw}), info, E)
+    init_all(model, range(100, 100 + E))
+    return model
+
+
+# --- shapes --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("E", [1, 3])
+@pytest.mark.parametrize("layernorm", [True, False])
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_transformer_shapes(E, layernorm, activation):
+    model = transformer(E, layernorm=layernorm, activation=activation)
+    x = tokens(E)
+    with torch.no_grad():
+        last = model(x, last_only=True)
+        every = model(x, last_only=False)
+    C, T = TOKEN_INFO["n_classes"], TOKEN_INFO["seq_len"]
+    assert last.shape == (E, B, C)
+    assert every.shape == (E, B, T, C)
+    assert torch.isfinite(every).all()
+    # the last-position shortcut computes exactly the last position of the full pass
+    torch.testing.assert_close(last, every[:, :, -1], rtol=1e-5, atol=1e-5)
+
+
+def test_transformer_has_layernorm_parameters_only_when_asked():
+    with_ln = {n for n, _ in transformer(1, layernorm=True).named_parameters()}
+    without = {n for n, _ in transformer(1, layernorm=False).named_parameters()}
+    assert {"lnf_w", "lnf_b", "ln1_0_w", "ln2_1_b"} <= with_ln
+    assert not any(n.startswith("ln") for n in without)
+    assert without < with_ln
+
+
+def test_transformer_is_causal():
+    """Changing the last token must not change the outputs at earlier positions."""
+    model = transformer(1)
+    x = tokens(1)
+    y = x.clone()
+    y[:, :, -1] = (y[:, :, -1] + 1) % TOKEN_INFO["vocab_size"]
+    with torch.no_grad():
+        a, b = model(x, last_only=False), model(y, last_only=False)
+    torch.testing.assert_close(a[:, :, :-1], b[:, :, :-1])
+    assert not torch.allclose(a[:, :, -1], b[:, :, -1])
+
+
+@pytest.mark.parametrize("E", [1, 3])
+def test_mlp_token_shapes(E):
+    model = mlp(E, TOKEN_INFO)
+    with torch.no_grad():
+        out = model(tokens(E))
+    assert out.shape == (E, B, TOKEN_INFO["n_classes"])
+    assert model.embed.shape == (E, TOKEN_INFO["vocab_size"], 8)
+    assert model.w0.shape == (E, TOKEN_INFO["seq_len"] * 8, 24)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("E", [1, 3])
+@pytest.mark.parametrize("init", ["torch", "xavier"])
+def test_mlp_feature_shapes_single_output(E, init):
+    model = mlp(E, FEATURE_INFO, init=init, hidden=[16])
+    with torch.no_grad():
+        out = model(features(E))
+        hidden = model.hidden_activations(features(E))
+    assert out.shape == (E, B)  # n_classes 1: one score per example
+    assert hidden.shape == (E, B, 16)
+    assert (hidden >= 0).all()  # post-ReLU
+    assert not hasattr(model, "embed")
+    assert torch.isfinite(out).all()
+
+
+# --- members are independent ---------------------------------------------------------------
+
+
+def _member_independence(model, x):
+    with torch.no_grad():
+        before = model(x)
+        for p in model.parameters():
+            p[1].add_(torch.randn_like(p[1]))
+        after = model(x)
+    torch.testing.assert_close(after[0], before[0], rtol=0, atol=0)
+    torch.testing.assert_close(after[2], before[2], rtol=0, atol=0)
+    assert not torch.allclose(after[1], before[1])
+
+
+@pytest.mark.parametrize("layernorm", [True, False])
+def test_transformer_members_are_independent(layernorm):
+    _member_independence(transformer(3, layernorm=layernorm), tokens(3))
+
+
+def test_mlp_members_are_independent():
+    _member_independence(mlp(3, TOKEN_INFO), tokens(3))
+    _member_independence(mlp(3, FEATURE_INFO), features(3))
+
+
+def test_members_see_their_own_inputs():
+    """Member e reads input slice e only: a change to member 1's inputs leaves member 0 alone."""
+    model = transformer(3)
+    x = tokens(3)
+    y = x.clone()
+    y[1] = (y[1] + 1) % TOKEN_INFO["vocab_size"]
+    with torch.no_grad():
+        a, b = model(x), model(y)
+    torch.testing.assert_close(a[0], b[0], rtol=0, atol=0)
+    torch.testing.assert_close(a[2], b[2], rtol=0, atol=0)
+    assert not torch.allclose(a[1], b[1])
+
+
+# --- seeded initialisation -----------------------------------------------------------------
+
+
+def _params(model, i):
+    return {n: p[i].detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize(
+    ("family", "cfg", "info"),
+    [
+        ("transformer", TransformerConfig(n_layers=1, d_model=16, n_heads=2, d_ff=32), TOKEN_INFO),
+        ("transformer", TransformerConfig(n_layers=2, d_model=8, layernorm=False), TOKEN_INFO),
+        ("mlp", MLPConfig(hidden=[12, 12], d_embed=4), TOKEN_INFO),
+        ("mlp", MLPConfig(hidden=[12], init="xavier", bias=False), FEATURE_INFO),
+    ],
+    ids=["transformer-ln", "transformer-noln", "mlp-tokens", "mlp-features"],
+)
+def test_init_member_is_seeded_and_independent_of_ensemble_size(family, cfg, info):
+    seed = 1234
+    single = build_model(family, cfg, info, 1)
+    single.init_member(0, torch.Generator().manual_seed(seed))
+    again = build_model(family, cfg, info, 1)
+    again.init_member(0, torch.Generator().manual_seed(seed))
+    for name, value in _params(single, 0).items():
+        torch.testing.assert_close(_params(again, 0)[name], value, rtol=0, atol=0)
+    x = tokens(1, info) if "vocab_size" in info else features(1)
+    for i in range(3):
+        ens = build_model(family, cfg, info, 3)
+        seeds = [7, 8, 9]
+        seeds[i] = seed
+        init_all(ens, seeds)
+        for name, value in _params(single, 0).items():
+            torch.testing.assert_close(_params(ens, i)[name], value, rtol=0, atol=0)
+        # and the member computes what the single model computes
+        with torch.no_grad():
+            torch.testing.assert_close(ens(x.expand(3, *x.shape[1:]))[i], single(x)[0])
+
+
+def test_different_seeds_give_different_weights():
+    model = build_model("transformer", TransformerConfig(d_model=8, n_heads=2), TOKEN_INFO, 2)
+    init_all(model, [1, 2])
+    assert not torch.equal(model.embed[0], model.embed[1])
+    assert not torch.equal(model.qkv_0[0], model.qkv_0[1])
+    # LayerNorm gains start at one, biases at zero, in every member
+    assert torch.equal(model.ln1_0_w, torch.ones_like(model.ln1_0_w))
+    assert torch.equal(model.ff1b_0, torch.zeros_like(model.ff1b_0))
+
+
+def test_init_scale_multiplies_weights_not_layernorm():
+    cfg = TransformerConfig(n_layers=1, d_model=8, n_heads=2, d_ff=16)
+    a = build_model("transformer", cfg, TOKEN_INFO, 1)
+    b = build_model("transformer", cfg, TOKEN_INFO, 1)
+    a.init_member(0, torch.Generator().manual_seed(3), init_scale=1.0)
+    b.init_member(0, torch.Generator().manual_seed(3), init_scale=0.5)
+    torch.testing.assert_close(b.embed, a.embed * 0.5)
+    torch.testing.assert_close(b.qkv_0, a.qkv_0 * 0.5)
+    torch.testing.assert_close(b.ln1_0_w, a.ln1_0_w)
+
+
+def test_registry_flags_sequence_models():
+    assert MODELS["transformer"].sequence_model
+    assert not MODELS["mlp"].sequence_model
