@@ -105,7 +105,10 @@ class EnsembleTrainer:
         self.members = members
         self.opts = opts
         self.label = label
-        self.device = dev = torch.device(opts.device)
+        dev = torch.device(opts.device)
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        self.device = dev
         cfg = members[0].config
         self.cfg = cfg
         tc = cfg.train
@@ -321,6 +324,10 @@ class EnsembleTrainer:
         t0 = time.perf_counter()
         train_fn, eval_fn = self._train_step, self._evaluate
         if self.opts.compile:
+            # Each ensemble compiles its own step; dropping earlier ensembles' graphs keeps
+            # dynamo under its per-function cache limit (past it, it silently runs eagerly).
+            # Inductor's on-disk cache makes a repeated shape cheap to compile again.
+            torch._dynamo.reset()
             train_fn = torch.compile(train_fn, dynamic=False)
             eval_fn = torch.compile(eval_fn, dynamic=False)
         if self.device.type == "cuda" and self.opts.cuda_graph:
