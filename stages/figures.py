@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from grokpipe.config.experiment import load_params
+from grokpipe.config.experiment import Experiment, load_params
 from grokpipe.config.validate import check_experiment
 from grokpipe.figures import figure
 from grokpipe.figures.context import FigureContext
@@ -12,9 +12,9 @@ from grokpipe.figures.style import setup
 from grokpipe.io import atomic_dir, stage_main
 
 
-@stage_main
-def main(name: str) -> None:
-    exp = check_experiment(load_params(), name)
+def render(exp: Experiment) -> list:
+    """Every figure kind the experiment lists, into reports/figures/<name>/ (atomically)."""
+    name = exp.name
     setup()
     written = []
     with atomic_dir(f"reports/figures/{name}") as tmp:
@@ -24,6 +24,12 @@ def main(name: str) -> None:
         for kind in exp.figures:
             written += figure(kind)(ctx)
     print(f"{name}: {len(written)} figure(s) -> reports/figures/{name}/")
+    return written
+
+
+@stage_main
+def main(name: str) -> None:
+    render(check_experiment(load_params(), name))
 
 
 if __name__ == "__main__":

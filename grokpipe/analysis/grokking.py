@@ -112,8 +112,8 @@ def experiment_metrics(
         "timing": {
             "train_seconds": round(sum(t["train_s"] for t in timings), 2),
             "compile_seconds": round(sum(t["compile_s"] for t in timings), 2),
-            "model_steps": int(sum(t["members"] * t["steps"] for t in timings)),
-            "ensembles": len(timings),
+            "model_steps": int(sum(t["model_steps"] for t in timings)),
+            "ensembles": int(sum(t["ensembles"] for t in timings)),
         },
     }
 

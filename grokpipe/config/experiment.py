@@ -63,6 +63,9 @@ class TrainConfig:
     layers: dict[str, LayerSchedule] = field(default_factory=dict)
     precision: Literal["fp32", "tf32", "bf16"] = "tf32"
     checkpoint_every: int = 5000
+    # "scratch", or "<experiment>:<condition>": start from the final weights of that
+    # experiment's run with this run's seed (only where a stage declares that dependency)
+    init_from: str = "scratch"
 
     def validate(self, key: str) -> None:
         check(self.steps >= 1, f"{key}.steps", f"must be a positive integer, got {self.steps}")
@@ -77,6 +80,13 @@ class TrainConfig:
         if self.early_stop is not None:
             check(0 < self.early_stop <= 1, f"{key}.early_stop", "must lie in (0, 1] or be null")
         check(self.checkpoint_every >= 1, f"{key}.checkpoint_every", "must be positive")
+        if self.init_from != "scratch":
+            source, _, condition = self.init_from.partition(":")
+            check(
+                bool(source and condition),
+                f"{key}.init_from",
+                f"expected 'scratch' or '<experiment>:<condition>', got {self.init_from!r}",
+            )
 
 
 @dataclass(frozen=True)
@@ -163,14 +173,20 @@ EXPERIMENT_KEYS = {"title", "task", "grid", "figures", "analyses", "options", "q
 RUN_SECTIONS = {"data", "model", "train", "eval"}
 
 
-def resolve_block(params: dict, name: str) -> dict:
-    """The experiment's effective block: task defaults, then the experiment, then `quick`."""
+def resolve_block(params: dict, name: str, section: str = "experiments") -> dict:
+    """The experiment's effective block: task defaults, then the experiment, then `quick`.
+
+    `section` is the top-level key holding the block: `experiments`, or a stage of its own
+    (e.g. `transfer`, whose block is one experiment)."""
     preset = params.get("preset", "full")
     check(preset in PRESETS, "preset", f"expected one of {PRESETS}, got {preset!r}")
-    experiments = params.get("experiments") or {}
-    check(name in experiments, f"experiments.{name}", "no such experiment")
-    block = experiments[name]
-    key = f"experiments.{name}"
+    if section == "experiments":
+        experiments = params.get("experiments") or {}
+        check(name in experiments, f"experiments.{name}", "no such experiment")
+        block, key = experiments[name], f"experiments.{name}"
+    else:
+        block, key = params.get(section), section
+        check(block is not None, key, "missing block")
     check(isinstance(block, dict), key, "expected a mapping")
     task = block.get("task")
     check(
@@ -253,10 +269,10 @@ def build_run_config(block: dict, key: str) -> RunConfig:
     return RunConfig(block["task"], seed, data, family, model, train, evaluation)
 
 
-def load_experiment(params: dict, name: str) -> Experiment:
+def load_experiment(params: dict, name: str, section: str = "experiments") -> Experiment:
     """Resolve presets and defaults, expand the grid and validate every run."""
-    key = f"experiments.{name}"
-    block = resolve_block(params, name)
+    key = f"experiments.{name}" if section == "experiments" else section
+    block = resolve_block(params, name, section)
     grids = _grids(block.get("grid"), f"{key}.grid")
     axes: list[str] = []
     for g in grids:

@@ -18,16 +18,27 @@ def engine_config(params: dict):
     return from_dict(EngineConfig, params.get("engine"), "engine")
 
 
-def check_experiment(params: dict, name: str) -> Experiment:
-    """Load and fully validate one experiment; raises ConfigError naming the bad key."""
+def check_experiment(params: dict, name: str, section: str = "experiments") -> Experiment:
+    """Load and fully validate one experiment; raises ConfigError naming the bad key.
+
+    Only a stage that declares the source experiment's runs as a dependency may start runs
+    from their weights, so `train.init_from` must stay "scratch" under `experiments`."""
     from grokpipe.analysis import ANALYSES
     from grokpipe.figures import FIGURES
     from grokpipe.models import build_model
     from grokpipe.tasks import TASKS
     from grokpipe.train.schedules import resolve_layer_periods
 
-    exp = load_experiment(params, name)
-    key = f"experiments.{name}"
+    exp = load_experiment(params, name, section)
+    key = f"experiments.{name}" if section == "experiments" else section
+    if section == "experiments":
+        for run in exp.runs:
+            if run.config.train.init_from != "scratch":
+                raise ConfigError(
+                    f"{key}.train.init_from",
+                    "only the transfer stage can start "
+                    "runs from another experiment's weights; use 'scratch' here",
+                )
     for i, kind in enumerate(exp.figures):
         if kind not in FIGURES:
             raise ConfigError(

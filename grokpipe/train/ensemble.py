@@ -14,6 +14,7 @@ history buffer, and on CUDA the step and the evaluation are each captured once a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -45,6 +46,14 @@ class Member:
     val_idx: np.ndarray
     init_params: dict[str, torch.Tensor] | None = None  # fine-tuning starts from these
 
+    def identity(self) -> tuple:
+        """What a checkpoint of this member must match: run, config and starting weights."""
+        init = ""
+        if self.init_params is not None:
+            blob = b"".join(self.init_params[k].numpy().tobytes() for k in sorted(self.init_params))
+            init = hashlib.sha1(blob).hexdigest()[:12]
+        return (self.run_id, self.config.fingerprint(), init)
+
 
 @dataclass(frozen=True)
 class EngineOptions:
@@ -71,6 +80,7 @@ class Timing:
     compile_s: float = 0.0
     train_s: float = 0.0
     steps: int = 0
+    model_steps: int = 0
 
 
 def group_key(cfg: RunConfig, data: TaskData) -> str:
@@ -79,7 +89,7 @@ def group_key(cfg: RunConfig, data: TaskData) -> str:
     d.pop("seed")
     d.pop("data")
     d["model"].pop("init_scale", None)
-    for k in ("lr", "weight_decay", "early_stop", "layers", "batch_size"):
+    for k in ("lr", "weight_decay", "early_stop", "layers", "batch_size", "init_from"):
         d["train"].pop(k)
     d["batch_full"] = cfg.train.batch_size == "full"
     d["shape"] = repr(data.shape_signature())
@@ -169,7 +179,14 @@ class EnsembleTrainer:
             if m.init_params is not None:
                 with torch.no_grad():
                     for name, p in self.model.named_parameters():
-                        p[i].copy_(m.init_params[name].to(dev))
+                        src = m.init_params.get(name)
+                        if src is None or tuple(src.shape) != tuple(p.shape[1:]):
+                            got = None if src is None else tuple(src.shape)
+                            raise ValueError(
+                                f"run {m.run_id}: starting weights do not fit the "
+                                f"model ({name}: {got} vs {tuple(p.shape[1:])})"
+                            )
+                        p[i].copy_(src.to(dev))
         self.params = {n: p.detach() for n, p in self.model.named_parameters()}
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -307,15 +324,18 @@ class EnsembleTrainer:
         return torch.stack(parts).mean(0)
 
     # ---------------------------------------------------------------- capture ----------
+    def _mutable_named(self) -> dict[str, tuple[torch.Tensor, int | None]]:
+        """Every tensor the step or the evaluation writes, with its member axis."""
+        out = {f"param.{k}": (t, 0) for k, t in self.params.items()}
+        out.update({f"opt.{k}": (t, 0) for k, t in self.state.tensors().items()})
+        out["step"] = (self.step, None)
+        out["history"] = (self.history, 1)
+        out["eval_slot"] = (self.eval_slot, None)
+        out["active"] = (self.active, 0)
+        return out
+
     def _mutable(self) -> list[torch.Tensor]:
-        return [
-            *self.params.values(),
-            *self.state.tensors().values(),
-            self.step,
-            self.history,
-            self.eval_slot,
-            self.active,
-        ]
+        return [t for t, _ in self._mutable_named().values()]
 
     def prepare(self) -> None:
         """Compile and capture (on CUDA); time spent here is reported as compile time."""
@@ -362,33 +382,54 @@ class EnsembleTrainer:
 
     # ---------------------------------------------------------------- checkpoints -------
     def fingerprint(self) -> str:
-        return ckpt.fingerprint([(m.run_id, m.config.fingerprint()) for m in self.members])
+        return ckpt.fingerprint([m.identity() for m in self.members])
 
     def state_dict(self) -> dict:
         return {
             "fingerprint": self.fingerprint(),
             "step": self.step_host,
             "evals_done": self.evals_done,
-            "tensors": {f"t{i}": t.detach().cpu() for i, t in enumerate(self._mutable())},
+            "tensors": {k: t.detach().cpu() for k, (t, _) in self._mutable_named().items()},
         }
 
     def load_state_dict(self, sd: dict) -> None:
         if sd["fingerprint"] != self.fingerprint():
             raise ValueError("checkpoint belongs to other runs")
-        for i, t in enumerate(self._mutable()):
-            t.copy_(sd["tensors"][f"t{i}"].to(t.device))
+        for k, (t, _) in self._mutable_named().items():
+            t.copy_(sd["tensors"][k].to(t.device))
         self.step_host = sd["step"]
         self.evals_done = sd["evals_done"]
 
+    def subset(self, keep: list[int]) -> EnsembleTrainer:
+        """A new ensemble of members `keep` that continues exactly where this one stands.
+
+        Used to drop members that stopped early: their kernels would otherwise keep running
+        (gated off) until the last member stops."""
+        new = EnsembleTrainer(
+            [self.members[i] for i in keep], self.opts, label=f"{self.label}->{len(keep)}"
+        )
+        idx = torch.tensor(keep, device=self.device)
+        mine = self._mutable_named()
+        with torch.no_grad():
+            for k, (t, axis) in new._mutable_named().items():
+                src = mine[k][0]
+                t.copy_(src if axis is None else src.index_select(axis, idx))
+        new.step_host, new.evals_done = self.step_host, self.evals_done
+        return new
+
+    def active_members(self) -> list[int]:
+        return torch.nonzero(self.active > 0).flatten().tolist()
+
+    def seconds_per_step(self) -> float | None:
+        return self.timing.train_s / self.timing.steps if self.timing.steps else None
+
     # ---------------------------------------------------------------- the loop ----------
-    def run(self, checkpoint_path=None, checkpoint_every: int | None = None) -> None:
-        """Train to the step budget (or until every member stopped early), evaluating on the
-        schedule; checkpoints every `checkpoint_every` steps when a path is given."""
-        every = checkpoint_every or self.cfg.train.checkpoint_every
-        if checkpoint_path is not None:
-            sd = ckpt.load(checkpoint_path, self.fingerprint())
-            if sd is not None:
-                self.load_state_dict(sd)
+    def run(self, on_checkpoint=None, should_compact=None) -> str:
+        """Train to the step budget, evaluating on the schedule. Returns "done" when the
+        budget is spent or every member stopped early, "compact" when `should_compact(self)`
+        asked to continue in a smaller ensemble (see `subset`). `on_checkpoint(self)` is
+        called every `train.checkpoint_every` steps and at the end."""
+        every = self.cfg.train.checkpoint_every
         self.prepare()
         total = self.cfg.train.steps
         bar = None
@@ -409,6 +450,7 @@ class EnsembleTrainer:
         t0 = time.perf_counter()
         steps_before = self.step_host
         train_fn, eval_fn = self._train_fn, self._eval_fn
+        status = "done"
         while self.evals_done < len(self.eval_steps):
             target = self.eval_steps[self.evals_done]
             for _ in range(target - self.step_host):
@@ -419,21 +461,32 @@ class EnsembleTrainer:
             eval_fn()
             self.evals_done += 1
             done = self.evals_done == len(self.eval_steps)
-            # One host sync every few evaluations: stop once every member has stopped early.
+            # One host sync every few evaluations: stop once every member has stopped early,
+            # or move on in a smaller ensemble once enough members have stopped.
             check_now = self.evals_done % self.opts.stop_check_every == 0 or done
-            if self.early_stop and check_now and not self.active.any():
-                done = True
-            if checkpoint_path is not None and (done or self.step_host - last_ckpt >= every):
-                ckpt.save(checkpoint_path, self.state_dict())
+            if self.early_stop and check_now and not done:
+                self._account(t0, steps_before)
+                t0, steps_before = time.perf_counter(), self.step_host
+                if not self.active.any():
+                    done = True
+                elif should_compact is not None and should_compact(self):
+                    status, done = "compact", True
+            if on_checkpoint is not None and (done or self.step_host - last_ckpt >= every):
+                on_checkpoint(self)
                 last_ckpt = self.step_host
             if done:
                 break
+        self._account(t0, steps_before)
+        if bar is not None:
+            bar.close()
+        return status
+
+    def _account(self, t0: float, steps_before: int) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.timing.train_s += time.perf_counter() - t0
         self.timing.steps += self.step_host - steps_before
-        if bar is not None:
-            bar.close()
+        self.timing.model_steps += self.E * (self.step_host - steps_before)
 
     def results(self, keep_params: bool = False) -> list[MemberResult]:
         hist = self.history[: self.evals_done].cpu().numpy()

@@ -123,32 +123,87 @@ def plan_jobs(
     version = _code_version()
     jobs = []
     for chunk in chunks:
-        ident = ckpt.fingerprint([version] + [(m.run_id, m.config.fingerprint()) for m in chunk])
+        ident = ckpt.fingerprint([version] + [m.identity() for m in chunk])
         job_label = f"{label}[{chunk[0].run_id}..{chunk[-1].run_id}]x{len(chunk)}"
         jobs.append(Job(ident, job_label, chunk, any(m.run_id in keep_params for m in chunk)))
     jobs.sort(key=lambda j: j.cost, reverse=True)
     return jobs
 
 
+def _compaction_policy(trainer: EnsembleTrainer) -> bool:
+    """Continue in a smaller ensemble once at most half the members are still training and
+    the steps it saves outweigh building (and compiling) the smaller one."""
+    active = len(trainer.active_members())
+    if active == 0 or active > trainer.E // 2:
+        return False
+    per_step = trainer.seconds_per_step()
+    if per_step is None:
+        return False
+    remaining = trainer.cfg.train.steps - trainer.step_host
+    saved = remaining * per_step * (1 - active / trainer.E)
+    return saved > trainer.timing.compile_s + trainer.timing.setup_s + 0.1
+
+
 def _run_job(job: Job, opts: EngineOptions, checkpoint_dir: Path) -> dict:
+    """Train one job to the end, resuming from its checkpoint, dropping members that stopped
+    early into their results as the ensemble shrinks."""
     result_path = checkpoint_dir / f"{job.job_id}.result.pt"
     done = ckpt.load(result_path, job.job_id)
     if done is not None:
         return done
-    trainer = EnsembleTrainer(job.members, replace(opts), label=job.label)
-    trainer.run(checkpoint_dir / f"{job.job_id}.pt")
-    out = {
-        "fingerprint": job.job_id,
-        "results": trainer.results(keep_params=job.keep_params),
-        "timing": {
-            "label": job.label,
-            "members": len(job.members),
-            "device": opts.device,
-            **vars(trainer.timing),
+    ck_path = checkpoint_dir / f"{job.job_id}.pt"
+    finished: dict[str, MemberResult] = {}
+    timings: list[dict] = []
+    members = job.members
+    saved = ckpt.load(ck_path, job.job_id)
+    if saved is not None:
+        finished, timings = saved["finished"], saved["timings"]
+        remaining = set(saved["remaining"])
+        members = [m for m in job.members if m.run_id in remaining]
+    trainer = EnsembleTrainer(members, replace(opts), label=job.label)
+    if saved is not None:
+        trainer.load_state_dict(saved["trainer"])
+
+    def save(t: EnsembleTrainer) -> None:
+        ckpt.save(
+            ck_path,
+            {
+                "fingerprint": job.job_id,
+                "finished": finished,
+                "remaining": [m.run_id for m in t.members],
+                "trainer": t.state_dict(),
+                "timings": timings,
+            },
+        )
+
+    while True:
+        status = trainer.run(on_checkpoint=save, should_compact=_compaction_policy)
+        timings.append(dict(vars(trainer.timing), members=trainer.E))
+        results = trainer.results(keep_params=job.keep_params)
+        if status == "done":
+            finished.update({r.run_id: r for r in results})
+            break
+        keep = trainer.active_members()
+        finished.update({r.run_id: r for i, r in enumerate(results) if i not in keep})
+        trainer = trainer.subset(keep)
+    timing = {
+        "label": job.label,
+        "members": len(job.members),
+        "device": opts.device,
+        "ensembles": len(timings),
+        "steps": trainer.step_host,
+        **{
+            k: sum(t[k] for t in timings)
+            for k in ("setup_s", "compile_s", "train_s", "model_steps")
         },
     }
+    out = {
+        "fingerprint": job.job_id,
+        "results": [finished[m.run_id] for m in job.members],
+        "timing": timing,
+    }
     ckpt.save(result_path, out)
-    (checkpoint_dir / f"{job.job_id}.pt").unlink(missing_ok=True)
+    ck_path.unlink(missing_ok=True)
     return out
 
 

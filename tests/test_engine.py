@@ -1,0 +1,160 @@
+"""The engine's contract on CPU: a run does not depend on its ensemble, per-member
+hyperparameters and early stopping behave as if each run trained alone, and a killed training
+resumes from its checkpoint to exactly the result of an uninterrupted one."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from grokpipe.train.ensemble import EngineOptions, EnsembleTrainer
+from grokpipe.train.members import members_from_block
+from grokpipe.train.runner import EngineConfig, train_members
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def block(grid, steps=200, every=10, **train):
+    return {
+        "task": "arithmetic",
+        "data": {"op": "x+y", "p": 13},
+        "model": {"family": "transformer", "n_layers": 1, "d_model": 32, "n_heads": 4, "d_ff": 64},
+        "train": {"steps": steps, "batch_size": 32, **train},
+        "eval": {"every": every, "log_points": 0},
+        "grid": grid,
+    }
+
+
+def train(members):
+    t = EnsembleTrainer(members, EngineOptions(progress=False))
+    assert t.run() == "done"
+    return t.results()
+
+
+def max_rel(a, b):
+    return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-12)))
+
+
+def test_member_of_8_matches_run_alone():
+    members = members_from_block(block({"seed": list(range(8))}))
+    together = train(members)
+    for i in (0, 4, 7):
+        alone = train([members[i]])[0]
+        assert max_rel(together[i].metrics["train_loss"], alone.metrics["train_loss"]) < 1e-5
+        assert max_rel(together[i].metrics["val_loss"], alone.metrics["val_loss"]) < 1e-5
+
+
+def test_per_member_hyperparameters_and_schedules():
+    grid = {"train.lr": [1e-3, 3e-3], "train.weight_decay": [0.0, 1.0], "seed": [0]}
+    members = members_from_block(block(grid, steps=60))
+    # a frozen embedding for one member exercises per-member layer schedules too
+    together = train(members)
+    for i, m in enumerate(members):
+        alone = train([m])[0]
+        assert max_rel(together[i].metrics["train_loss"], alone.metrics["train_loss"]) < 1e-5
+    losses = [r.metrics["train_loss"][-1] for r in together]
+    assert len({round(float(x), 4) for x in losses}) == 4  # the settings really differ
+
+
+def test_sgd_momentum_grokfast_and_frozen_layers_match_alone():
+    grid = {
+        "seed": [0, 1],
+        "train.layers": [{}, {"first": {"frozen": True}}, {"last": {"period": 3}}],
+    }
+    members = members_from_block(
+        block(
+            grid,
+            steps=40,
+            optimizer="sgd",
+            lr=0.1,
+            momentum=0.9,
+            weight_decay=0.01,
+            grokfast={"alpha": 0.9, "lamb": 1.0},
+        )
+    )
+    together = train(members)
+    for i, m in enumerate(members):
+        alone = train([m])[0]
+        assert max_rel(together[i].metrics["train_loss"], alone.metrics["train_loss"]) < 1e-5
+
+
+def test_frozen_layer_does_not_move():
+    members = members_from_block(
+        block({"seed": [0], "train.layers": [{"embed": {"frozen": True}}]}, steps=30)
+    )
+    t = EnsembleTrainer(members, EngineOptions(progress=False))
+    before = t.params["embed"].clone()
+    other = t.params["unembed"].clone()
+    t.run()
+    assert np.array_equal(before.numpy(), t.params["embed"].numpy())
+    assert not np.array_equal(other.numpy(), t.params["unembed"].numpy())
+
+
+def test_early_stop_and_compaction_match_runs_alone(tmp_path):
+    # a low threshold that some members reach early, some late and some never
+    grid = {"seed": [0, 1, 2], "train.lr": [3e-3, 1e-2]}
+    members = members_from_block(block(grid, steps=800, every=20, early_stop=0.2))
+    engine = EngineConfig(devices="cpu", progress=False)
+    results, timings = train_members(members, engine, tmp_path, "t")
+    assert timings[0]["ensembles"] > 1, "members that stopped should have left the ensemble"
+    stopped = 0
+    for m in members:
+        r = results[m.run_id]
+        alone = train([m])[0]
+        assert np.array_equal(r.steps, alone.steps)
+        assert max_rel(r.metrics["train_loss"], alone.metrics["train_loss"]) < 1e-5
+        if r.metrics["val_acc"][-1] >= 0.2:
+            stopped += 1
+            assert r.steps[-1] < 800
+    assert stopped >= 3
+
+
+WORKER = """
+import pickle, sys
+from pathlib import Path
+from grokpipe.train.members import members_from_block
+from grokpipe.train.runner import EngineConfig, train_members
+block, ckdir, out = pickle.loads(bytes.fromhex(sys.argv[1]))
+members = members_from_block(block)
+results, _ = train_members(members, EngineConfig(devices="cpu", progress=False), Path(ckdir), "t")
+Path(out).write_bytes(pickle.dumps({k: (v.steps, v.metrics) for k, v in results.items()}))
+"""
+
+
+def _launch(args):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    payload = pickle.dumps(args).hex()
+    return subprocess.Popen([sys.executable, "-c", WORKER, payload], env=env)
+
+
+def test_killed_training_resumes_to_identical_results(tmp_path):
+    b = block({"seed": [0, 1, 2]}, steps=400, every=10, checkpoint_every=40)
+    clean_out, resumed_out = tmp_path / "clean.pkl", tmp_path / "resumed.pkl"
+    ck = tmp_path / "ck"
+    proc = _launch((b, str(tmp_path / "ck_clean"), str(clean_out)))
+    assert proc.wait(timeout=300) == 0
+    proc = _launch((b, str(ck), str(resumed_out)))
+    deadline = time.time() + 300
+    while not list(ck.glob("*.pt")) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # let it run past the first checkpoint
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode != 0 and not resumed_out.exists()
+    saved = [p for p in ck.glob("*.pt") if not p.name.endswith(".result.pt")]
+    assert saved, "a checkpoint should be left behind"
+    proc = _launch((b, str(ck), str(resumed_out)))
+    assert proc.wait(timeout=300) == 0
+    clean, resumed = pickle.loads(clean_out.read_bytes()), pickle.loads(resumed_out.read_bytes())
+    assert clean.keys() == resumed.keys()
+    for k in clean:
+        assert np.array_equal(clean[k][0], resumed[k][0])
+        for name, values in clean[k][1].items():
+            np.testing.assert_array_equal(values, resumed[k][1][name], err_msg=name)
