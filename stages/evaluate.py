@@ -19,7 +19,7 @@ def evaluate(exp: Experiment, preset: str) -> dict:
     runs, history = runstore.read_runs(src), runstore.read_history(src)
     table = grokking.per_run(runs, history)
     metrics = grokking.experiment_metrics(name, exp.title, preset, table, runstore.read_timing(src))
-    metrics["analyses"] = {kind: ANALYSES[kind](exp, table) for kind in exp.analyses}
+    metrics["analyses"] = {kind: ANALYSES[kind](exp, table, history) for kind in exp.analyses}
     curves = grokking.curves(runs, history)
     with atomic_file(f"reports/curves/{name}.tsv") as fh:
         curves.to_csv(fh, sep="\t", index=False, float_format="%.5g")

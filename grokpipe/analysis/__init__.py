@@ -1,10 +1,11 @@
 """Analyses that turn result tables into numbers.
 
 `ANALYSES` is the registry of experiment-specific analyses: kind -> function(experiment,
-table) -> JSON-able dict with at least a one-line "verdict". An experiment lists the kinds it
-wants under `analyses:` in params.yaml; the evaluate stage writes each result under
+table, history) -> JSON-able dict with at least a one-line "verdict". An experiment lists the
+kinds it wants under `analyses:` in params.yaml; the evaluate stage writes each result under
 `analyses.<kind>` of the experiment's metrics file, and figures may quote the verdict.
-`table` is `grokking.per_run(...)`: runs.tsv joined with memorized_at, grokked_at, delay, ...
+`table` is `grokking.per_run(...)`: runs.tsv joined with memorized_at, grokked_at, delay, ...;
+`history` is the runs' learning curves (runstore's history.tsv).
 """
 
 from __future__ import annotations

@@ -5,16 +5,14 @@ JSON-able dict whose "verdict" is one line built from the numbers, never written
 "groks" when validation accuracy reaches 99 % within the step budget; runs that never do count
 as +∞ steps, so a median over seeds is finite only when most seeds grokked.
 
-The double-grokking verdict needs the learning curves, not only the per-run summary: it takes
-`history` when given, else reads `data/runs/<experiment>/history.tsv` (the evaluate stage runs
-in the repository root and depends on that directory).
+Every analysis also receives the runs' learning curves (`history`); the double-grokking
+verdict is the one that needs them.
 """
 
 from __future__ import annotations
 
 import ast
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -65,7 +63,7 @@ def group_stats(g: pd.DataFrame) -> dict:
     """Seed statistics of one condition."""
     grok = steps_or_inf(g["grokked_at"])
     mem = steps_or_inf(g["memorized_at"])
-    delays = [d for d in (grok - mem) if np.isfinite(d)]
+    delays = [g - m for g, m in zip(grok, mem) if np.isfinite(g) and np.isfinite(m)]
     return {
         "seeds": len(g),
         "grokked": int(np.isfinite(grok).sum()),
@@ -90,7 +88,9 @@ def _describe(s: dict, with_val: bool = False) -> str:
     out = f"{_count(s)} grok"
     if s["median_grokked_at"] is not None:
         out += f", median step {fmt_steps(s['median_grokked_at'])}"
-    if with_val or s["grokked"] < s["seeds"]:
+    if with_val:
+        out += f" (final train {s['mean_final_train_acc']:.2f}, val {s['mean_final_val_acc']:.2f})"
+    elif s["grokked"] < s["seeds"]:
         out += f" (final val {s['mean_final_val_acc']:.2f})"
     return out
 
@@ -123,7 +123,7 @@ def _depth(v) -> int:
 
 
 @register("parity_grokking")
-def parity_grokking(exp, table: pd.DataFrame) -> dict:
+def parity_grokking(exp, table: pd.DataFrame, history: pd.DataFrame) -> dict:
     """Did the plain n → h → 1 MLP grok: memorise first, generalise much later?
 
     A seed shows grokking when it memorises and its validation accuracy reaches 99 % no
@@ -148,7 +148,7 @@ def parity_grokking(exp, table: pd.DataFrame) -> dict:
 
 
 @register("parity_data_size")
-def parity_data_size(exp, table: pd.DataFrame) -> dict:
+def parity_data_size(exp, table: pd.DataFrame, history: pd.DataFrame) -> dict:
     """Steps to grok and share of seeds that grok, per training-set size."""
     col = _column(table, "n_train")
     per = {}
@@ -185,7 +185,7 @@ def parity_data_size(exp, table: pd.DataFrame) -> dict:
 
 
 @register("parity_frozen_first_layer")
-def parity_frozen_first_layer(exp, table: pd.DataFrame) -> dict:
+def parity_frozen_first_layer(exp, table: pd.DataFrame, history: pd.DataFrame) -> dict:
     """Frozen first layer (random features) vs trained, per depth when depth is a grid axis.
 
     Feature learning is judged necessary at a depth when the frozen runs grok in no seed while
@@ -211,7 +211,7 @@ def parity_frozen_first_layer(exp, table: pd.DataFrame) -> dict:
         ) <= 2 * median_steps(table[at & ~frozen]["grokked_at"]):
             judgement = "not needed"
         else:
-            judgement = "partly needed"
+            judgement = "partly needed (frozen runs grok later or in fewer seeds)"
         needed.append(judgement)
         label = f"{d} hidden layer{'s' if d > 1 else ''}"
         per[label] = {"frozen": f, "trained": t, "feature_learning": judgement}
@@ -233,7 +233,7 @@ def _period_columns(table: pd.DataFrame) -> tuple[str, str]:
 
 
 @register("parity_rate_limiting")
-def parity_rate_limiting(exp, table: pd.DataFrame) -> dict:
+def parity_rate_limiting(exp, table: pd.DataFrame, history: pd.DataFrame) -> dict:
     """Slowing the first (input) layer vs slowing the last (output) layer by a period P.
 
     The coordination hypothesis (seed 003, quoting Michaud/Tegmark) predicts that either
@@ -279,7 +279,9 @@ def parity_rate_limiting(exp, table: pd.DataFrame) -> dict:
 
     first_worse = sum(cost(directions["first"][p]) > cost(directions["last"][p]) for p in shared)
     last_worse = sum(cost(directions["last"][p]) > cost(directions["first"][p]) for p in shared)
-    if first_worse > last_worse:
+    if not shared:
+        compare = "no period was swept in both directions"
+    elif first_worse > last_worse:
         compare = f"slowing the first layer hurts more at {first_worse}/{len(shared)} periods"
     elif last_worse > first_worse:
         compare = f"slowing the last layer hurts more at {last_worse}/{len(shared)} periods"
@@ -316,7 +318,7 @@ def parity_rate_limiting(exp, table: pd.DataFrame) -> dict:
 
 
 @register("parity_init_scale")
-def parity_init_scale(exp, table: pd.DataFrame) -> dict:
+def parity_init_scale(exp, table: pd.DataFrame, history: pd.DataFrame) -> dict:
     """Omnigrok: the grokking delay (grokked − memorised) per initialisation scale.
 
     "Small init removes grokking" holds when the smallest scale's median delay is under a
@@ -327,8 +329,11 @@ def parity_init_scale(exp, table: pd.DataFrame) -> dict:
     per = {}
     for scale, g in sorted(table.groupby(col), key=lambda kv: float(kv[0])):
         s = group_stats(g)
-        d = steps_or_inf(g["grokked_at"]) - steps_or_inf(g["memorized_at"])
-        d = np.where(np.isnan(d), math.inf, d)  # never memorised and never grokked: no delay
+        # never grokked counts as an infinite delay, also when it never memorised either
+        d = [
+            gr - me if np.isfinite(gr) and np.isfinite(me) else math.inf
+            for gr, me in zip(steps_or_inf(g["grokked_at"]), steps_or_inf(g["memorized_at"]))
+        ]
         s["median_delay_inf"] = float(np.median(d))
         per[float(scale)] = s
     scales = list(per)
@@ -344,25 +349,32 @@ def parity_init_scale(exp, table: pd.DataFrame) -> dict:
             f"×{sc:g}: {_count(s)} grok, memorised {fmt_steps(s['median_memorized_at'])}, "
             f"grokked {fmt_steps(s['median_grokked_at'])}, delay {fmt_steps(s['median_delay_inf'])}"
         )
+    # does the delay grow with the scale? Spearman's ρ over scales (never grokked = ∞ ranks last)
+    delays = [per[sc]["median_delay_inf"] for sc in scales]
+    rho = None
+    if len(scales) >= 3 and len(set(delays)) > 1:
+        rho = float(pd.Series(scales).rank().corr(pd.Series(delays).rank()))
+    trend = ""
+    if rho is not None:
+        direction = "rises" if rho > 0.5 else "falls" if rho < -0.5 else "shows no clear trend"
+        trend = f"; the delay {direction} with the init scale (Spearman ρ = {rho:+.2f})"
     verdict = (
         f"small init {'removes' if removes else 'does not remove'} grokking: median delay "
-        f"{fmt_steps(d_small)} at ×{small:g} vs {fmt_steps(d_ref)} at ×{ref:g} "
+        f"{fmt_steps(d_small)} at ×{small:g} vs {fmt_steps(d_ref)} at ×{ref:g}{trend} "
         f"({'; '.join(parts)}; budget {_budget(exp):,} steps)"
     )
     for s in per.values():
         if math.isinf(s["median_delay_inf"]):
             s["median_delay_inf"] = None
-    return {"verdict": verdict, "removes_grokking": removes, "per_scale": per}
+    return {
+        "verdict": verdict,
+        "removes_grokking": removes,
+        "delay_rank_corr": rho,
+        "per_scale": per,
+    }
 
 
 # --- double grokking (peek) ---------------------------------------------------------------------
-
-
-def _history(exp, history: pd.DataFrame | None) -> pd.DataFrame:
-    if history is not None:
-        return history
-    path = Path("data/runs") / exp.name / "history.tsv"
-    return pd.read_csv(path, sep="\t")
 
 
 def plateau_level(pattern_len: int) -> float:
@@ -382,27 +394,31 @@ def two_stages(steps, val_acc, first: float, second: float = 0.99, min_evals: in
 
 
 @register("parity_double_grokking")
-def parity_double_grokking(exp, table: pd.DataFrame, history: pd.DataFrame | None = None) -> dict:
+def parity_double_grokking(exp, table: pd.DataFrame, history: pd.DataFrame) -> dict:
     """Two jumps in validation accuracy: to the k-parity plateau 1 − 2^−(m+1), then to 99 %.
 
     Stage 1 = first evaluation with validation accuracy ≥ plateau − 0.05 (the k-bit parity
     learned); stage 2 = first with ≥ 99 % (the peek rule learned too). A seed double-groks when
-    stage 2 comes at least `min_evals` evaluations after stage 1 and at ≥ 1.25× its step.
+    it sits on the plateau: stage 2 comes at least 3 evaluations after stage 1 and at ≥ 1.5×
+    its step (a network that learns both rules together passes the plateau level on its way
+    up, which is not a second grokking).
     """
     cfg = exp.runs[0].config.data
     level = plateau_level(len(cfg.peek_pattern))
     first = level - 0.05
-    h = _history(exp, history).sort_values("step")
+    h = history.sort_values("step")
     per_run, doubles = {}, 0
     for run_id, g in h.groupby("run_id", sort=False):
         s1, s2, between = two_stages(g["step"], g["val_acc"], first)
-        double = s1 is not None and s2 is not None and between >= 3 and s2 >= 1.25 * s1
+        double = s1 is not None and s2 is not None and between >= 3 and s2 >= 1.5 * s1
         doubles += bool(double)
-        # validation accuracy while on the plateau (between the stages, or to the end)
-        on = g[(g["val_acc"] >= first) & (g["val_acc"] < 0.99)]["val_acc"]
+        # validation accuracy between the stages (or from stage 1 to the end)
+        on = g[(g["step"] >= (s1 if s1 is not None else math.inf))]
+        on = on[on["step"] < (s2 if s2 is not None else math.inf)]["val_acc"]
         per_run[run_id] = {
             "stage1_step": s1,
             "stage2_step": s2,
+            "stage_ratio": s2 / s1 if s1 and s2 else None,
             "double_grokking": bool(double),
             "plateau_val_acc": float(on.median()) if len(on) else None,
         }
@@ -412,13 +428,17 @@ def parity_double_grokking(exp, table: pd.DataFrame, history: pd.DataFrame | Non
     n = len(per_run)
     reached1 = sum(s is not None for s in s1s)
     reached2 = sum(s is not None for s in s2s)
+    ratios = [r["stage_ratio"] for r in per_run.values() if r["stage_ratio"]]
     verdict = (
-        f"{'double grokking' if doubles * 2 > n else 'no double grokking'} in {doubles}/{n} seeds: "
+        f"{'double grokking' if doubles * 2 > n else 'no double grokking'} "
+        f"(a plateau lasting ≥ 1.5× the step it was reached) in {doubles}/{n} seeds: "
         f"{reached1}/{n} reach the parity plateau (≥ {first:.2f}, expected {level:.3f}) at median "
         f"step {fmt_steps(median_steps(s1s))}, "
-        + (f"holding median val {np.median(plateaus):.3f}, " if plateaus else "")
+        + (f"median val {np.median(plateaus):.3f} on it, " if plateaus else "")
         + f"{reached2}/{n} then learn the peek rule (≥ 99%) at median step "
-        f"{fmt_steps(median_steps(s2s))} (budget {_budget(exp):,} steps)"
+        f"{fmt_steps(median_steps(s2s))}"
+        + (f" ({np.median(ratios):.2f}× the plateau step)" if ratios else "")
+        + f" (budget {_budget(exp):,} steps)"
     )
     return {
         "verdict": verdict,
@@ -433,7 +453,7 @@ def parity_double_grokking(exp, table: pd.DataFrame, history: pd.DataFrame | Non
 
 
 @register("parity_known_k")
-def parity_known_k(exp, table: pd.DataFrame) -> dict:
+def parity_known_k(exp, table: pd.DataFrame, history: pd.DataFrame) -> dict:
     """With k given as a one-hot, does training on some k carry over to an unseen k?"""
     cfg = exp.runs[0].config.data
     s = group_stats(table)

@@ -22,7 +22,9 @@ not modelled; it costs at most a few hundredths of RMSE early on.
 from __future__ import annotations
 
 import math
+import os
 import zlib
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -315,33 +317,40 @@ def model_name(heuristic: bool) -> str:
     return "heuristic+memorising+generalising" if heuristic else "memorising+generalising"
 
 
+def _fit_record(args) -> dict:
+    """One run's record (module-level so that worker processes can run it)."""
+    record, h, cfg = args
+    if h is None or h.empty:
+        return {**record, "fit": {"status": "skipped", "reason": "no history rows"}}
+    h = h.sort_values("step")
+    steps = h["step"].to_numpy()
+    record["measured"] = {  # the SPEC's milestones, to read the fitted timescales against
+        "memorized_at": first_step(steps, h["train_acc"].to_numpy()),
+        "grokked_at": first_step(steps, h["val_acc"].to_numpy()),
+        "last_step": int(steps[-1]),
+    }
+    # each run's own random stream: its fit does not depend on which other runs exist
+    rng = np.random.default_rng([cfg.seed, zlib.crc32(str(record["run_id"]).encode())])
+    record["fit"] = fit_run(Curves.from_history(h), cfg, rng)
+    return record
+
+
 def fit_experiment(runs: pd.DataFrame, history: pd.DataFrame, cfg: FitConfig) -> list[dict]:
-    """One record per run of runs.tsv: its labels, measured milestones and fit."""
+    """One record per run of runs.tsv: its labels, measured milestones and fit. Runs are
+    independent, so large experiments are fitted on every CPU core."""
     by_run = {rid: h for rid, h in history.groupby("run_id", sort=False)}
     label_cols = [col for col in runs.columns if col != "run_id"]
-    out = []
+    jobs = []
     for _, row in runs.iterrows():
         rid = row["run_id"]
         # labels as plain Python values (numpy scalars from pandas are not all JSON-able)
-        labels = {col: _plain(row[col]) for col in label_cols}
-        record = {"run_id": rid, **labels}
-        h = by_run.get(rid)
-        if h is None or h.empty:
-            record["fit"] = {"status": "skipped", "reason": "no history rows"}
-            out.append(record)
-            continue
-        h = h.sort_values("step")
-        steps = h["step"].to_numpy()
-        record["measured"] = {  # the SPEC's milestones, to read the fitted timescales against
-            "memorized_at": first_step(steps, h["train_acc"].to_numpy()),
-            "grokked_at": first_step(steps, h["val_acc"].to_numpy()),
-            "last_step": int(steps[-1]),
-        }
-        # each run's own random stream: its fit does not depend on which other runs exist
-        rng = np.random.default_rng([cfg.seed, zlib.crc32(str(rid).encode())])
-        record["fit"] = fit_run(Curves.from_history(h), cfg, rng)
-        out.append(record)
-    return out
+        record = {"run_id": rid, **{col: _plain(row[col]) for col in label_cols}}
+        jobs.append((record, by_run.get(rid), cfg))
+    workers = min(len(jobs), os.cpu_count() or 1)
+    if workers <= 1 or len(jobs) < 8:
+        return [_fit_record(j) for j in jobs]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(_fit_record, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
 
 
 def _plain(v):

@@ -16,6 +16,12 @@ FIGURES: dict[str, str] = {
     "grok_steps": "grokpipe.figures.binary_ops:grok_steps",
     "fraction_sweep": "grokpipe.figures.binary_ops:fraction_sweep",
     "value_counts": "grokpipe.figures.binary_ops:value_counts",
+    "parity_curves": "grokpipe.figures.parity:parity_curves",
+    "parity_rate_limiting": "grokpipe.figures.parity:parity_rate_limiting",
+    "parity_data_size": "grokpipe.figures.parity:parity_data_size",
+    "parity_init_scale": "grokpipe.figures.parity:parity_init_scale",
+    "parity_frozen": "grokpipe.figures.parity:parity_frozen",
+    "parity_double_grokking": "grokpipe.figures.parity:parity_double_grokking",
 }
 
 

@@ -35,6 +35,9 @@ class EngineConfig:
     max_members: int = 256
     eval_member_rows: int = 131072
     progress: bool = True
+    # CPU threads for training: "auto" keeps torch's default (every core). On a machine
+    # shared with other busy processes, 1 avoids oversubscription (measured 50x faster there).
+    cpu_threads: int | str = "auto"
 
     def validate(self, key: str) -> None:
         check(self.max_members >= 1, f"{key}.max_members", "must be positive")
@@ -45,6 +48,10 @@ class EngineConfig:
                 f"{key}.devices",
                 f"expected 'auto', 'cpu' or a list of GPU indices, got {self.devices!r}",
             )
+        if isinstance(self.cpu_threads, str):
+            check(self.cpu_threads == "auto", f"{key}.cpu_threads", "expected auto or a count")
+        else:
+            check(self.cpu_threads >= 1, f"{key}.cpu_threads", "must be positive")
         for k in ("compile", "cuda_graph"):
             v = getattr(self, k)
             check(isinstance(v, bool) or v == "auto", f"{key}.{k}", "expected true, false or auto")
@@ -235,6 +242,8 @@ def train_members(
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     jobs = plan_jobs(members, engine.max_members, len(devices), label, set(keep_params))
     outputs: list[dict] = []
+    if devices == ["cpu"] and engine.cpu_threads != "auto":
+        torch.set_num_threads(engine.cpu_threads)
     if len(devices) == 1:
         opts = engine.options(devices[0])
         outputs = [_run_job(job, opts, checkpoint_dir) for job in jobs]
