@@ -158,3 +158,19 @@ def test_killed_training_resumes_to_identical_results(tmp_path):
         assert np.array_equal(clean[k][0], resumed[k][0])
         for name, values in clean[k][1].items():
             np.testing.assert_array_equal(values, resumed[k][1][name], err_msg=name)
+
+
+def test_med_probe_matches_its_definition():
+    """Seed 004's mean embedding difference, logged at each evaluation, from the embedding."""
+    members = members_from_block(block({"seed": [0, 1]}, steps=20, every=20))
+    t = EnsembleTrainer(members, EngineOptions(progress=False))
+    t.run()
+    for i, r in enumerate(t.results(keep_params=True)):
+        emb = r.final_params["embed"]
+        ops = emb[:13]  # x+y mod 13: both operands use the value tokens 0..12
+        expected = (ops[1:] - ops[:-1]).norm(dim=-1).mean().item()
+        assert abs(r.metrics["med"][-1] - expected) < 1e-5 * expected, i
+    s5 = members_from_block({**block({"seed": [0]}, steps=2), "data": {"op": "s5"}})
+    t = EnsembleTrainer(s5, EngineOptions(progress=False))
+    t.run()
+    assert np.isnan(t.results()[0].metrics["med"]).all()

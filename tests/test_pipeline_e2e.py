@@ -49,6 +49,7 @@ TINY = {
         "tiny": {
             "title": "tiny",
             "task": "arithmetic",
+            "train": {"lr": 0.003},
             "grid": {"data.op": ["x+y", "x-y"], "seed": [0]},
             "figures": ["curves", "grok_steps"],
         },

@@ -8,7 +8,13 @@ from typing import Literal
 import numpy as np
 
 from grokpipe.config.schema import ConfigError, check
-from grokpipe.tasks.arithmetic import OPERATIONS, build_table, check_operation, operand_values
+from grokpipe.tasks.arithmetic import (
+    OPERATIONS,
+    build_table,
+    check_operation,
+    operand_values,
+    value_range,
+)
 from grokpipe.tasks.base import TaskData
 from grokpipe.tasks.splits import NEEDS_K, make_split
 
@@ -73,16 +79,23 @@ class ArithmeticTask:
 
     def build(self, cfg: ArithmeticData, seed: int) -> TaskData:
         table = build_table(cfg.op, cfg.p)
+        op = OPERATIONS[cfg.op]
+        info = {
+            "vocab_size": table.vocab_size,
+            "seq_len": 4,
+            "n_classes": table.vocab_size,
+            "n_values": table.n_values,
+        }
+        if op.kind != "s5":  # MED needs operands with a natural order (seed 004)
+            low, _ = value_range(op.kind, cfg.p)
+            info["med_ranges"] = [
+                [int(v.min()) - low, int(v.max()) - low + 1] for v in operand_values(op, cfg.p)
+            ]
         return TaskData(
             inputs=table.tokens[:, :4],
             targets=table.tokens[:, 4],
             seq_targets=table.tokens[:, 1:],
-            info={
-                "vocab_size": table.vocab_size,
-                "seq_len": 4,
-                "n_classes": table.vocab_size,
-                "n_values": table.n_values,
-            },
+            info=info,
             extras={"x": table.x, "y": table.y, "c": table.c},
         )
 
