@@ -54,7 +54,7 @@ def _curves(ctx: FigureContext, metric: str, ylabel: str, logy: bool):
         m = ctx.table[ctx.table["condition"] == cond]
         grokked = m["grokked_at"].notna().sum()
         ax.set_title(f"{cond}\ngrokked {grokked}/{len(m)} seeds", fontsize=9)
-        ax.set_ylabel(ylabel)
+        ax.set_ylabel(ylabel if ax in axes[:, 0] else "")
     for ax in list(axes.flat)[len(conditions) :]:
         ax.set_visible(False)
     seeds = ctx.runs.groupby("condition").size().max()
@@ -63,7 +63,8 @@ def _curves(ctx: FigureContext, metric: str, ylabel: str, logy: bool):
         f"(mean ± sd over {seeds} seed{'s' if seeds > 1 else ''})",
         y=1.0,
     )
-    fig.tight_layout()
+    # fixed spacing: tight_layout over many log-scaled panels costs seconds per figure
+    fig.subplots_adjust(hspace=0.55 if rows > 1 else 0.3, wspace=0.08, top=1 - 0.55 / (2.8 * rows))
     return fig
 
 
