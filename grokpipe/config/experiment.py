@@ -314,10 +314,6 @@ def load_experiment(params: dict, name: str, section: str = "experiments") -> Ex
     )
 
 
-def experiment_names(params: dict) -> list[str]:
-    return list((params.get("experiments") or {}).keys())
-
-
 def load_params(path: str = "params.yaml") -> dict:
     import yaml
 

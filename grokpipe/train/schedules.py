@@ -10,10 +10,6 @@ from __future__ import annotations
 from grokpipe.config.schema import ConfigError
 
 
-def group_names(model) -> list[str]:
-    return [name for name, _ in model.layer_groups()]
-
-
 def resolve_layer_periods(model, layers: dict, key: str = "train.layers") -> dict[str, int]:
     """Parameter name -> update period (0 = frozen) from a `train.layers` mapping."""
     periods = {name: 1 for name, _ in model.named_parameters()}
