@@ -12,24 +12,18 @@ import time
 from pathlib import Path
 
 from grokpipe import runstore
-from grokpipe.config.experiment import load_params
+from grokpipe.config.experiment import Experiment, load_params
 from grokpipe.config.validate import check_experiment, engine_config
 from grokpipe.io import stage_main
 from grokpipe.tasks import store
 from grokpipe.train.ensemble import Member
-from grokpipe.train.runner import train_members
+from grokpipe.train.members import assemble
+from grokpipe.train.runner import EngineConfig, train_members
 
 
-@stage_main
-def main(name: str) -> None:
-    params = load_params()
-    exp = check_experiment(params, name)
-    engine = engine_config(params)
-    datasets, splits, manifest = store.read(f"data/datasets/{name}", exp)
-    members = []
-    for run, row in zip(exp.runs, manifest, strict=True):
-        train_idx, val_idx = splits[run.run_id]
-        members.append(Member(run.run_id, run.config, datasets[row["dataset"]], train_idx, val_idx))
+def train_experiment(exp: Experiment, members: list[Member], engine: EngineConfig) -> None:
+    """Train `members`, write data/runs/<name>/ and drop the checkpoints they no longer need."""
+    name = exp.name
     keep = {r.run_id for r in exp.runs} if exp.options.save_weights else set()
     checkpoints = Path("data/checkpoints") / name
     t0 = time.perf_counter()
@@ -40,6 +34,15 @@ def main(name: str) -> None:
         f"{name}: trained {len(members)} run(s) in {len(timings)} ensemble(s), "
         f"{time.perf_counter() - t0:.1f} s -> data/runs/{name}"
     )
+
+
+@stage_main
+def main(name: str) -> None:
+    params = load_params()
+    exp = check_experiment(params, name)
+    engine = engine_config(params)
+    members = assemble(exp, *store.read(f"data/datasets/{name}", exp))
+    train_experiment(exp, members, engine)
 
 
 if __name__ == "__main__":

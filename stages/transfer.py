@@ -10,8 +10,6 @@ trains, evaluates and draws in one go because its runs exist only here.
 
 from __future__ import annotations
 
-import shutil
-import time
 from pathlib import Path
 
 from grokpipe import runstore
@@ -20,9 +18,9 @@ from grokpipe.config.schema import ConfigError
 from grokpipe.config.validate import check_experiment, engine_config
 from grokpipe.io import stage_main
 from grokpipe.train.members import build_members
-from grokpipe.train.runner import train_members
 from stages.evaluate import evaluate
 from stages.figures import render
+from stages.train import train_experiment
 
 NAME = "transfer"
 
@@ -57,12 +55,7 @@ def main() -> None:
     for m in members:
         if m.config.train.init_from != "scratch":
             m.init_params = source_weights(m.config.train.init_from, m.config.seed)
-    checkpoints = Path("data/checkpoints") / NAME
-    t0 = time.perf_counter()
-    results, timings = train_members(members, engine, checkpoints, NAME)
-    runstore.write(f"data/runs/{NAME}", exp, results, timings)
-    shutil.rmtree(checkpoints, ignore_errors=True)
-    print(f"{NAME}: trained {len(members)} run(s) in {time.perf_counter() - t0:.1f} s")
+    train_experiment(exp, members, engine)
     evaluate(exp, params.get("preset", "full"))
     render(exp)
 

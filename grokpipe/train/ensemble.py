@@ -165,13 +165,11 @@ class EnsembleTrainer:
             for i, b in enumerate(sizes):
                 w[i, :b] = 1.0 / b
             self.batch_weights = torch.as_tensor(w, device=dev)
-        self.batch_sizes = None if self.full_batch else sizes
         seeds = torch.as_tensor([m.config.seed for m in members], dtype=torch.int64, device=dev)
         self.stream_keys = stream_keys(seeds)
 
         # --- model, one generator per member ---------------------------------------------
         info = members[0].data.info
-        self.info = info
         self.model = build_model(cfg.model_name, cfg.model, info, E).to(dev)
         for i, m in enumerate(members):
             gen = torch.Generator().manual_seed(m.config.seed)
@@ -229,7 +227,7 @@ class EnsembleTrainer:
         self.timing = Timing(setup_s=time.perf_counter() - t0)
         self._train_fn = self._train_step
         self._eval_fn = self._evaluate
-        self._graphs: tuple | None = None
+        self._prepared = False
 
     # ---------------------------------------------------------------- the step ----------
     def _loss(self, params, x, y, w):
@@ -339,7 +337,7 @@ class EnsembleTrainer:
 
     def prepare(self) -> None:
         """Compile and capture (on CUDA); time spent here is reported as compile time."""
-        if self._graphs is not None:
+        if self._prepared:
             return
         t0 = time.perf_counter()
         train_fn, eval_fn = self._train_step, self._evaluate
@@ -377,7 +375,7 @@ class EnsembleTrainer:
             for t, s in zip(self._mutable(), saved):
                 t.copy_(s)
             self._train_fn, self._eval_fn = train_fn, eval_fn
-        self._graphs = (self._train_fn, self._eval_fn)
+        self._prepared = True
         self.timing.compile_s = time.perf_counter() - t0
 
     # ---------------------------------------------------------------- checkpoints -------

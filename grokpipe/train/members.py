@@ -11,12 +11,17 @@ from grokpipe.tasks.store import build_experiment_data
 from grokpipe.train.ensemble import Member
 
 
-def build_members(exp: Experiment) -> list[Member]:
-    datasets, splits, manifest = build_experiment_data(exp)
+def assemble(exp: Experiment, datasets: dict, splits: dict, manifest: list[dict]) -> list[Member]:
+    """One Member per run, from datasets by key, splits by run id and the manifest rows
+    (as `grokpipe.tasks.store` builds or reads them)."""
     return [
         Member(run.run_id, run.config, datasets[row["dataset"]], *splits[run.run_id])
         for run, row in zip(exp.runs, manifest, strict=True)
     ]
+
+
+def build_members(exp: Experiment) -> list[Member]:
+    return assemble(exp, *build_experiment_data(exp))
 
 
 def members_from_block(block: dict, name: str = "experiment") -> list[Member]:

@@ -15,7 +15,7 @@ import hashlib
 import os
 import traceback
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -167,7 +167,7 @@ def _run_job(job: Job, opts: EngineOptions, checkpoint_dir: Path) -> dict:
         finished, timings = saved["finished"], saved["timings"]
         remaining = set(saved["remaining"])
         members = [m for m in job.members if m.run_id in remaining]
-    trainer = EnsembleTrainer(members, replace(opts), label=job.label)
+    trainer = EnsembleTrainer(members, opts, label=job.label)
     if saved is not None:
         trainer.load_state_dict(saved["trainer"])
 
