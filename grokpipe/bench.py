@@ -137,28 +137,38 @@ def bench_time_to_grok(device: str, opts: EngineOptions, budget: int, precision:
 
 
 def bench_multi_gpu(steps: int, members: int, precision: str) -> dict:
-    """Two ensembles (x/y and x+y, different shapes) through the runner: 1 GPU vs all GPUs."""
+    """Two ensembles of different shapes (x/y mod 97 and S5) through the runner: one GPU
+    (both jobs in turn) vs every GPU (one job each). Both shapes are compiled once first, so
+    both timings see a warm compile cache and measure the work, not the first compile."""
     from grokpipe.train.runner import EngineConfig, train_members
 
-    pool = members_from_block(
-        power_block("x/y", 97, steps, list(range(members)), precision=precision), "a"
-    ) + members_from_block(
-        power_block("x+y", 97, steps, list(range(members)), precision=precision), "b"
-    )
-    for i, m in enumerate(pool):
-        m.run_id = f"m{i:04d}"
+    def pool(n_steps: int, seeds: list[int]) -> list:
+        out = []
+        for tag, op in (("a", "x/y"), ("b", "s5")):
+            block = power_block(op, 97, n_steps, seeds, precision=precision)
+            out += members_from_block(block, tag)
+        for i, m in enumerate(out):
+            m.run_id = f"m{i:04d}"
+        return out
+
     out = {}
     n = torch.cuda.device_count()
-    for name, devices in (("one_gpu", [0]), ("all_gpus", list(range(n)))):
+    runs = (
+        ("warm_up", [0], pool(200, [0, 1])),
+        ("one_gpu", [0], pool(steps, list(range(members)))),
+        ("all_gpus", list(range(n)), pool(steps, list(range(members)))),
+    )
+    for name, devices, members_ in runs:
         engine = EngineConfig(devices=devices, progress=False)
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            _, timings = train_members(pool, engine, Path(tmp), "multi")
+            _, timings = train_members(members_, engine, Path(tmp), "multi")
             out[name] = {
                 "gpus": len(devices),
                 "wall_seconds": time.perf_counter() - t0,
                 "jobs": timings,
             }
+        print(name, out[name], flush=True)
     out["ratio"] = out["all_gpus"]["wall_seconds"] / out["one_gpu"]["wall_seconds"]
     return out
 
@@ -172,7 +182,9 @@ def main(argv=None) -> None:
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--grok-budget", type=int, default=20000)
     ap.add_argument("--skip", default="", help="comma list of parts to skip: ref,grok,sizes")
-    ap.add_argument("--multi-gpu", action="store_true")
+    ap.add_argument("--multi-gpu", action="store_true", help="one GPU vs all, two ensembles")
+    ap.add_argument("--multi-steps", type=int, default=20000, help="steps of each ensemble")
+    ap.add_argument("--multi-members", type=int, default=64, help="members of each ensemble")
     ap.add_argument("--out", default="bench.json")
     args = ap.parse_args(argv)
     dev = args.device
@@ -200,7 +212,7 @@ def main(argv=None) -> None:
     if "grok" not in skip:
         report["time_to_grok"] = bench_time_to_grok(dev, opts, args.grok_budget, args.precision)
     if args.multi_gpu:
-        report["multi_gpu"] = bench_multi_gpu(args.steps, 64, args.precision)
+        report["multi_gpu"] = bench_multi_gpu(args.multi_steps, args.multi_members, args.precision)
     Path(args.out).write_text(json.dumps(report, indent=1))
     print_table(report)
 

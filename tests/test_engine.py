@@ -51,6 +51,19 @@ def test_member_of_8_matches_run_alone():
         assert max_rel(together[i].metrics["val_loss"], alone.metrics["val_loss"]) < 1e-5
 
 
+def test_shared_prefixes_train_like_the_plain_forward():
+    members = members_from_block(block({"seed": [0, 1, 2]}))
+    runs = {}
+    for share in (True, False):
+        t = EnsembleTrainer(members, EngineOptions(progress=False, share_prefixes=share))
+        assert t.prefix_len == (2 if share else 0)
+        assert t.run() == "done"
+        runs[share] = t.results()
+    for a, b in zip(runs[True], runs[False]):
+        assert max_rel(a.metrics["train_loss"], b.metrics["train_loss"]) < 1e-4
+        assert max_rel(a.metrics["val_loss"], b.metrics["val_loss"]) < 1e-4
+
+
 def test_per_member_hyperparameters_and_schedules():
     grid = {"train.lr": [1e-3, 3e-3], "train.weight_decay": [0.0, 1.0], "seed": [0]}
     members = members_from_block(block(grid, steps=60))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -206,3 +207,46 @@ def test_init_scale_multiplies_weights_not_layernorm():
 def test_registry_flags_sequence_models():
     assert MODELS["transformer"].sequence_model
     assert not MODELS["mlp"].sequence_model
+
+
+# --- shared prefixes -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_layers", [1, 2, 3])
+@pytest.mark.parametrize("length", [1, 2, 3])
+@pytest.mark.parametrize("layernorm", [True, False])
+def test_prefixed_forward_is_the_same_function(n_layers, length, layernorm):
+    from grokpipe.train.prefix import PrefixPlan
+
+    E = 3
+    model = transformer(E, n_layers=n_layers, layernorm=layernorm).double()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, TOKEN_INFO["vocab_size"], (E, 40, TOKEN_INFO["seq_len"]), generator=g)
+    x[1, :, 0] = 5  # one member with a single distinct first token: padded table rows
+    tables, index = [], []
+    for e in range(E):
+        t, inv = torch.unique(x[e, :, :length], dim=0, return_inverse=True)
+        tables.append(t.numpy())
+        index.append(inv.numpy())
+    U = max(len(t) for t in tables)
+    table = np.stack([np.concatenate([t, np.repeat(t[:1], U - len(t), 0)]) for t in tables])
+    plan = PrefixPlan(length, table, np.stack(index))
+    plain = model(x)
+    prefix = (torch.as_tensor(plan.table), torch.as_tensor(plan.row_prefix))
+    shared = model(x[:, :, length:], prefix=prefix)
+    torch.testing.assert_close(shared, plain, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="last_only"):
+        model(x[:, :, length:], last_only=False, prefix=prefix)
+
+
+def test_prefix_plan_shares_the_operand_prefix_of_binary_operations():
+    from grokpipe.train.prefix import plan_prefix
+
+    p = 11
+    x, y = np.meshgrid(np.arange(p), np.arange(p), indexing="ij")
+    rows = np.stack([x.ravel(), np.full(p * p, p), y.ravel(), np.full(p * p, p + 1)], 1)
+    plan = plan_prefix(rows[None], batch=64)
+    assert plan.length == 2 and plan.table.shape == (1, p, 2)
+    np.testing.assert_array_equal(plan.table[0][plan.row_prefix[0]], rows[:, :2])
+    # every prefix distinct (no sharing possible): the plain forward is kept
+    assert plan_prefix(np.arange(4 * 30).reshape(1, 30, 4), batch=16) is None

@@ -50,6 +50,8 @@ ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
 class Transformer(EnsembleModel):
     """Token + position embedding, `n_layers` attention/FFN blocks, unembedding."""
 
+    shares_prefixes = True  # causal: `forward_prefixed` may compute shared prefixes once
+
     def __init__(self, cfg: TransformerConfig, info: dict, n_members: int):
         super().__init__(n_members)
         self.cfg = cfg
@@ -107,20 +109,30 @@ class Transformer(EnsembleModel):
         shape = (w.shape[0],) + (1,) * (x.dim() - 2) + (w.shape[-1],)
         return y * w.reshape(shape) + b.reshape(shape)
 
-    def _attention(self, h: Tensor, i: int, last_only: bool) -> Tensor:
-        E, B, T, d = h.shape
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, i: int) -> Tensor:
+        """Queries q [E, B, Tq, d] over keys/values [E, B, Tk, d]; mask [Tq, Tk] (True = may
+        attend); then the output projection."""
+        E, B, Tq, d = q.shape
+        Tk = k.shape[2]
         H, dh = self.cfg.n_heads, d // self.cfg.n_heads
-        q, k, v = bmm(h, getattr(self, f"qkv_{i}")).split(d, dim=-1)
-        mask = self.causal
-        if last_only:
-            q, mask = q[:, :, -1:], mask[-1:]
-        Tq = q.shape[2]
         q = q.reshape(E, B, Tq, 1, H, dh)
-        k = k.reshape(E, B, 1, T, H, dh)
-        scores = (q * k).sum(-1) * dh**-0.5  # [E, B, Tq, T, H]
+        k = k.reshape(E, B, 1, Tk, H, dh)
+        scores = (q * k).sum(-1) * dh**-0.5  # [E, B, Tq, Tk, H]
         att = scores.masked_fill(~mask[:, :, None], float("-inf")).softmax(dim=3)
-        mixed = (att.unsqueeze(-1) * v.reshape(E, B, 1, T, H, dh)).sum(3)  # [E, B, Tq, H, dh]
+        mixed = (att.unsqueeze(-1) * v.reshape(E, B, 1, Tk, H, dh)).sum(3)  # [E, B, Tq, H, dh]
         return bmm(mixed.reshape(E, B, Tq, d), getattr(self, f"out_{i}"))
+
+    def _attention(self, h: Tensor, i: int, last_only: bool) -> Tensor:
+        d = h.shape[-1]
+        w = getattr(self, f"qkv_{i}")
+        mask = self.causal
+        if last_only:  # only the last position's query is needed
+            q = bmm(h[:, :, -1:], w[..., :d])
+            k, v = bmm(h, w[..., d:]).split(d, dim=-1)
+            mask = mask[-1:]
+        else:
+            q, k, v = bmm(h, w).split(d, dim=-1)
+        return self._attend(q, k, v, mask, i)
 
     def _ffn(self, h: Tensor, i: int) -> Tensor:
         act = ACTIVATIONS[self.cfg.activation]
@@ -131,8 +143,18 @@ class Transformer(EnsembleModel):
         z = act(bmm(h, getattr(self, f"ff1_{i}")) + b1.reshape(shape1))
         return bmm(z, getattr(self, f"ff2_{i}")) + b2.reshape(shape2)
 
-    def forward(self, tokens: Tensor, last_only: bool = True) -> Tensor:
-        """tokens [E, B, T] -> logits [E, B, C] (last position) or [E, B, T, C] (every one)."""
+    def forward(
+        self, tokens: Tensor, last_only: bool = True, prefix: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
+        """tokens [E, B, T] -> logits [E, B, C] (last position) or [E, B, T, C] (every one).
+
+        With `prefix = (table, index)`, `tokens` holds only the last S positions of each
+        sequence and its first P positions are row `index` [E, B] of `table` [E, U, P]
+        (see `forward_prefixed`)."""
+        if prefix is not None:
+            if not last_only:
+                raise ValueError("a shared prefix needs last_only (loss on the answer only)")
+            return self.forward_prefixed(tokens, *prefix)
         E = tokens.shape[0]
         member = torch.arange(E, device=tokens.device).reshape(E, 1, 1)
         h = self.embed[member, tokens] + self.pos.unsqueeze(1)  # [E, B, T, d]
@@ -145,3 +167,47 @@ class Transformer(EnsembleModel):
         h = self._ln(h, "lnf")
         logits = bmm(h, self.unembed)
         return logits[:, :, -1] if last_only else logits
+
+    def forward_prefixed(self, suffix: Tensor, table: Tensor, index: Tensor) -> Tensor:
+        """Last-position logits [E, B, C] of sequences that share their first P tokens.
+
+        Attention is causal, so the states of the first P positions depend only on those P
+        tokens. In a binary-operation batch of 512 rows `x ∘ y =` there are only p distinct
+        prefixes `x ∘`: their states (and the keys/values later positions read) are computed
+        once per distinct prefix, on `table` [E, U, P], and gathered for each row, instead of
+        once per row. The result is the same function as `forward`, at ~60 % of its FLOPs
+        and activation memory for p = 97 and batch 512."""
+        E, U, P = table.shape
+        d = self.cfg.d_model
+        member = torch.arange(E, device=suffix.device).reshape(E, 1, 1)
+        by_member = member.reshape(E, 1)
+        hp = self.embed[member, table] + self.pos[:, :P].unsqueeze(1)  # [E, U, P, d]
+        hs = self.embed[member, suffix] + self.pos[:, P:].unsqueeze(1)  # [E, B, S, d]
+        causal = self.causal
+        n = self.cfg.n_layers
+        for i in range(n):
+            final = i == n - 1
+            w = getattr(self, f"qkv_{i}")
+            xp, xs = self._ln(hp, f"ln1_{i}"), self._ln(hs, f"ln1_{i}")
+            if final:  # the prefix is only read, through its keys and values
+                kp, vp = bmm(xp, w[..., d:]).split(d, dim=-1)
+            else:
+                qp, kp, vp = bmm(xp, w).split(d, dim=-1)
+                hp = hp + self._attend(qp, kp, vp, causal[:P, :P], i)
+                hp = hp + self._ffn(self._ln(hp, f"ln2_{i}"), i)
+            k_rows = kp[by_member, index]  # [E, B, P, d]: each row's prefix
+            v_rows = vp[by_member, index]
+            if final:
+                q = bmm(xs[:, :, -1:], w[..., :d])
+                ks, vs = bmm(xs, w[..., d:]).split(d, dim=-1)
+                mask = causal[-1:]
+            else:
+                q, ks, vs = bmm(xs, w).split(d, dim=-1)
+                mask = causal[P:]
+            k = torch.cat([k_rows, ks], dim=2)
+            v = torch.cat([v_rows, vs], dim=2)
+            a = self._attend(q, k, v, mask, i)
+            hs = (hs[:, :, -1:] if final else hs) + a
+            hs = hs + self._ffn(self._ln(hs, f"ln2_{i}"), i)
+        hs = self._ln(hs, "lnf")
+        return bmm(hs, self.unembed)[:, :, -1]

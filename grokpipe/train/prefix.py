@@ -1,0 +1,46 @@
+"""Shared-prefix planning: which leading positions of an ensemble's sequences to compute once
+per distinct prefix rather than once per row (see `Transformer.forward_prefixed`).
+
+The choice is made from the data alone, by counting: for each prefix length P the step costs
+about U_P·P positions for the table (U_P distinct prefixes) plus B·(T − P) for the batch, against
+B·T without sharing. Binary-operation sequences `x ∘ y =` share `x ∘` (p distinct values), so
+P = 2 wins there; data without repeated prefixes keeps the plain forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PrefixPlan:
+    length: int  # P: leading positions taken from the table
+    table: np.ndarray  # [E, U, P] distinct prefixes per member (padded by repeating row 0)
+    row_prefix: np.ndarray  # [E, N] which table row each dataset row starts with
+
+
+def _distinct(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    table, inverse = np.unique(rows, axis=0, return_inverse=True)
+    return table, inverse.reshape(-1)
+
+
+def plan_prefix(inputs: np.ndarray, batch: int) -> PrefixPlan | None:
+    """inputs [E, N, T] token ids of every member's dataset; None when sharing saves nothing."""
+    E, N, T = inputs.shape
+    best_cost, best_len = batch * T, 0
+    for length in range(1, T):
+        distinct = max(len(_distinct(inputs[e, :, :length])[0]) for e in range(E))
+        cost = distinct * length + batch * (T - length)
+        if cost < best_cost:
+            best_cost, best_len = cost, length
+    if best_len == 0:
+        return None
+    tables, index = [], np.zeros((E, N), np.int64)
+    for e in range(E):
+        table, index[e] = _distinct(inputs[e, :, :best_len])
+        tables.append(table)
+    U = max(len(t) for t in tables)
+    padded = np.stack([np.concatenate([t, np.repeat(t[:1], U - len(t), 0)]) for t in tables])
+    return PrefixPlan(best_len, padded, index)

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Time the default `dvc repro` on a GPU machine whose image has torch but not dvc (the numbers
+# in BENCHMARKS.md). dvc comes as wheels in ./.whl (see the project's notes on the GPU machine).
+#
+#   scripts/gpu_pipeline.sh start            copy the project to $GP_WORKDIR, start `dvc repro`
+#                                            in the background (it outlives the calling shell)
+#   scripts/gpu_pipeline.sh wait SECONDS     print progress until it ends or SECONDS pass
+#   scripts/gpu_pipeline.sh collect DIR      copy dvc.lock, the timed log, metrics and figures
+#
+# The copy keeps the DVC cache and checkpoints between calls; the log prefixes each line with
+# seconds since the start, so per-stage wall times can be read from it.
+set -uo pipefail
+W=${GP_WORKDIR:-/root/gp}
+export PYTHONPATH=/tmp/site:$W PATH=/tmp/bin:/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
+
+case "${1:-}" in
+start)
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  mkdir -p /tmp/bin
+  printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v python3)" > /tmp/bin/python
+  chmod +x /tmp/bin/python
+  rm -rf "$W" && mkdir -p "$W"
+  cp -r dvc.yaml params.yaml stages grokpipe .dvc pyproject.toml "$W"/
+  cd "$W" || exit 1
+  sed -i 's/^  progress: true/  progress: false/' params.yaml  # a log, not a terminal
+  git init -q && git add -A && git -c user.email=gp@localhost -c user.name=gp commit -qm run
+  setsid nohup bash -c '
+    t0=$(date +%s)
+    dvc repro 2>&1 | while IFS= read -r line; do echo "$(( $(date +%s) - t0 )) $line"; done \
+      > pipeline.log
+    echo "EXIT ${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s" >> pipeline.log
+  ' > /dev/null 2>&1 < /dev/null &
+  echo "started in $W"
+  ;;
+wait)
+  end=$(( $(date +%s) + ${2:-500} ))
+  while [ "$(date +%s)" -lt "$end" ] && ! grep -q '^EXIT' "$W/pipeline.log" 2>/dev/null; do
+    sleep 20
+  done
+  grep -E "Running stage|EXIT|Error|ERROR" "$W/pipeline.log" | tail -n 60
+  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+  ;;
+collect)
+  out=${2:?collect needs a directory}
+  cd "$W" || exit 1
+  cp pipeline.log dvc.lock "$out"/
+  tar czf "$out/reports.tgz" reports
+  ;;
+*)
+  echo "usage: $0 start | wait SECONDS | collect DIR" >&2
+  exit 2
+  ;;
+esac
