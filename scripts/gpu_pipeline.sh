@@ -2,8 +2,9 @@
 # Time the default `dvc repro` on a GPU machine whose image has torch but not dvc (the numbers
 # in BENCHMARKS.md). dvc comes as wheels in ./.whl (see the project's notes on the GPU machine).
 #
-#   scripts/gpu_pipeline.sh start            copy the project to $GP_WORKDIR, start `dvc repro`
-#                                            in the background (it outlives the calling shell)
+#   scripts/gpu_pipeline.sh start [STAGE..]  copy the project to $GP_WORKDIR, start `dvc repro`
+#                                            in the background (it outlives the calling shell);
+#                                            the STAGEs named are reproduced first, in order
 #   scripts/gpu_pipeline.sh wait SECONDS     print progress until it ends or SECONDS pass
 #   scripts/gpu_pipeline.sh collect DIR      copy dvc.lock, the timed log, metrics and figures
 #
@@ -24,12 +25,13 @@ start)
   cd "$W" || exit 1
   sed -i 's/^  progress: true/  progress: false/' params.yaml  # a log, not a terminal
   git init -q && git add -A && git -c user.email=gp@localhost -c user.name=gp commit -qm run
+  shift
   setsid nohup bash -c '
     t0=$(date +%s)
-    dvc repro 2>&1 | while IFS= read -r line; do echo "$(( $(date +%s) - t0 )) $line"; done \
-      > pipeline.log
+    { for stage in "$@"; do dvc repro "$stage" || exit 1; done; dvc repro; } 2>&1 |
+      while IFS= read -r line; do echo "$(( $(date +%s) - t0 )) $line"; done > pipeline.log
     echo "EXIT ${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s" >> pipeline.log
-  ' > /dev/null 2>&1 < /dev/null &
+  ' pipeline "$@" > /dev/null 2>&1 < /dev/null &
   echo "started in $W"
   ;;
 wait)

@@ -4,7 +4,7 @@ Diagnostics for BENCHMARKS.md, not a test. Each argument is one measurement,
 `E:precision:flags[:steps]`, where flags is any of
   c  torch.compile the step (else eager + CUDA graph)
   s  share prefixes (`Transformer.forward_prefixed`)
-  d  compile the member axis as a dynamic size
+  d  compile ensemble and task sizes as dynamic (cache reuse across ensembles)
   P  profile the compiled step (top kernels) instead of timing it
 Example: `python scripts/gpu_probe.py 64:tf32:c 64:tf32:cs 64:tf32:csd 64:bf16:csd 64:tf32:csdP`
 A table of every timed measurement is printed last.
@@ -35,7 +35,7 @@ def trainer(E, precision, flags, steps):
         cuda_graph="P" not in flags,
         progress=False,
         share_prefixes="s" in flags,
-        dynamic_members="d" in flags,
+        dynamic_sizes="d" in flags,
     )
     return EnsembleTrainer(members_from_block(block), opts)
 

@@ -27,7 +27,7 @@ TINY = {
         "compile": False,
         "cuda_graph": False,
         "max_members": 64,
-        "eval_member_rows": 65536,
+        "eval_chunk_rows": 512,
         "progress": False,
     },
     "defaults": {

@@ -49,6 +49,12 @@ class EnsembleModel(nn.Module):
     def layer_groups(self) -> list[tuple[str, list[str]]]:
         raise NotImplementedError
 
+    def task_sized_dims(self) -> dict[str, tuple[int, ...]]:
+        """Parameter dims (counting the member axis) whose size comes from the task, such as
+        vocabulary and classes. The engine compiles them as dynamic sizes, so tasks that differ
+        only there (mod 97, S5, signed integers) share one compiled step."""
+        return {}
+
     def embedding_for_med(self, params: dict[str, Tensor]) -> Tensor | None:
         """[E, V, d] token embedding used by the mean-embedding-difference probe, if any."""
         return None

@@ -98,6 +98,9 @@ class Transformer(EnsembleModel):
         groups.append(("unembed", head))
         return groups
 
+    def task_sized_dims(self):
+        return {"embed": (1,), "unembed": (2,)}
+
     def embedding_for_med(self, params):
         return params["embed"]
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch.func import functional_call, grad
+from torch.fx.experimental import _config as fx_config
 
 from grokpipe.config.experiment import RunConfig
 from grokpipe.models import build_model
@@ -61,12 +62,12 @@ class EngineOptions:
     device: str = "cpu"
     compile: bool = False
     cuda_graph: bool = False
-    eval_member_rows: int = 131072  # rows x members per evaluation forward (memory only)
+    eval_chunk_rows: int = 1024  # dataset rows per evaluation forward (memory only)
     progress: bool = True
     progress_position: int = 0
     stop_check_every: int = 8  # evaluations between host checks for "every member stopped"
     share_prefixes: bool = True  # compute shared sequence prefixes once (same function)
-    dynamic_members: bool = True  # compile the member axis as a dynamic size (cache reuse)
+    dynamic_sizes: bool = True  # compile ensemble and task sizes as dynamic (cache reuse)
 
 
 @dataclass
@@ -97,11 +98,6 @@ def group_key(cfg: RunConfig, data: TaskData) -> str:
     d["batch_full"] = cfg.train.batch_size == "full"
     d["shape"] = repr(data.shape_signature())
     return repr(sorted(d.items()))
-
-
-def size_bucket(n: int) -> int:
-    """The power of two at or above n."""
-    return 1 << max(0, n - 1).bit_length()
 
 
 def _precision_context(precision: str, device: torch.device):
@@ -236,9 +232,20 @@ class EnsembleTrainer:
         self.eval_steps = cfg.eval.steps(tc.steps)
         self.history = torch.full((len(self.eval_steps), E, len(METRICS)), math.nan, device=dev)
         self.eval_slot = torch.zeros((), dtype=torch.int64, device=dev)
-        # Rows per evaluation chunk from the ensemble's size bucket, so that every ensemble of a
-        # bucket traces to the same graph (see `prepare`: the member axis is compiled dynamic).
-        self.eval_rows = max(1, opts.eval_member_rows // size_bucket(E))
+        # Evaluation runs over the whole dataset in fixed-size chunks of rows (padding rows have
+        # zero weight), one compiled chunk function called per chunk: the graph is the same for
+        # every ensemble size and every dataset size.
+        rows = max(1, min(opts.eval_chunk_rows, N))
+        n_chunks = -(-N // rows)
+        pad = torch.zeros(n_chunks * rows, dtype=torch.int64, device=dev)
+        pad[:N] = torch.arange(N, device=dev)
+        self.eval_rows = pad.reshape(n_chunks, rows)
+        self.eval_chunks = [torch.tensor([c], device=dev) for c in range(n_chunks)]
+        real = torch.zeros(n_chunks * rows, device=dev)
+        real[:N] = 1.0
+        self.eval_train_w = (self.train_mask[:, pad] * real).reshape(E, n_chunks, rows)
+        self.eval_val_w = (self.val_mask[:, pad] * real).reshape(E, n_chunks, rows)
+        self.eval_sums = torch.zeros(4, E, device=dev)
         self.med_ranges = info.get("med_ranges")
         self._grad = grad(self._loss, has_aux=True)
         self.step_host = 0
@@ -296,26 +303,30 @@ class EnsembleTrainer:
 
     # ---------------------------------------------------------------- evaluation -------
     @torch.no_grad()
-    def _evaluate(self):
-        E = self.lr.shape[0]  # not self.E: a Python int would specialise the compiled graph
-        sums = torch.zeros(4, E, device=self.device)
-        loss_fn = LOSSES[self.cfg.train.loss]
-        x = self.model_inputs
-        for start in range(0, self.N, self.eval_rows):
-            end = min(self.N, start + self.eval_rows)
-            with _precision_context(self.cfg.train.precision, self.device):
-                chunk = None if self.row_prefix is None else self.row_prefix[:, start:end]
-                kwargs = {**self._model_kwargs(chunk), "last_only": True}
-                out = functional_call(self.model, self.params, (x[:, start:end],), kwargs)
-            out = out.float()
-            y = self.targets[:, start:end]
-            loss, hit = loss_fn(out, y), correct(out, y)
-            tm, vm = self.train_mask[:, start:end], self.val_mask[:, start:end]
-            sums += torch.stack(
-                [(loss * tm).sum(1), (hit * tm).sum(1), (loss * vm).sum(1), (hit * vm).sum(1)]
-            )
+    def _eval_chunk(self, c: torch.Tensor) -> None:
+        """Add one chunk's train/validation loss and accuracy sums to `eval_sums`."""
+        rows = self.eval_rows.index_select(0, c).squeeze(0)
+        x = self.model_inputs[:, rows]
+        prefix = None if self.row_prefix is None else self.row_prefix[:, rows]
+        kwargs = {**self._model_kwargs(prefix), "last_only": True}
+        with _precision_context(self.cfg.train.precision, self.device):
+            out = functional_call(self.model, self.params, (x,), kwargs)
+        out = out.float()
+        y = self.targets[:, rows]
+        loss, hit = LOSSES[self.cfg.train.loss](out, y), correct(out, y)
+        tw = self.eval_train_w.index_select(1, c).squeeze(1)
+        vw = self.eval_val_w.index_select(1, c).squeeze(1)
+        self.eval_sums += torch.stack(
+            [(loss * tw).sum(1), (hit * tw).sum(1), (loss * vw).sum(1), (hit * vw).sum(1)]
+        )
+
+    @torch.no_grad()
+    def _eval_finish(self) -> None:
+        """Turn the sums into this evaluation's history row; stop members that reached their
+        early-stopping threshold (a no-op threshold of inf for the others)."""
+        sums = self.eval_sums
         n_tr = self.n_train.float()
-        norm = torch.zeros(E, device=self.device)
+        norm = torch.zeros_like(self.lr)
         for p in self.params.values():
             norm += p.float().pow(2).flatten(1).sum(1)
         row = torch.stack(
@@ -331,8 +342,14 @@ class EnsembleTrainer:
         )
         self.history.index_copy_(0, self.eval_slot.reshape(1), row.unsqueeze(0))
         self.eval_slot.add_(1)
-        if self.early_stop:
-            self.active.mul_((row[:, 3] < self.stop_at).to(self.active.dtype))
+        self.active.mul_((row[:, 3] < self.stop_at).to(self.active.dtype))
+        sums.zero_()
+
+    def _evaluate(self, chunk_fn=None, finish_fn=None) -> None:
+        chunk_fn = chunk_fn or self._eval_chunk
+        for c in self.eval_chunks:
+            chunk_fn(c)
+        (finish_fn or self._eval_finish)()
 
     def _med(self):
         """Mean embedding difference (seed 004): mean ‖E[t+1] − E[t]‖ over each operand's
@@ -355,43 +372,68 @@ class EnsembleTrainer:
         out["history"] = (self.history, 1)
         out["eval_slot"] = (self.eval_slot, None)
         out["active"] = (self.active, 0)
+        out["eval_sums"] = (self.eval_sums, 1)
         return out
 
     def _mutable(self) -> list[torch.Tensor]:
         return [t for t, _ in self._mutable_named().values()]
 
-    def _member_axis_tensors(self) -> list[tuple[torch.Tensor, int]]:
-        """Every tensor the step or the evaluation reads or writes that has a member axis."""
-        out = [(t, axis) for t, axis in self._mutable_named().values() if axis is not None]
-        fixed = [self.targets, self.train_mask, self.val_mask, self.train_list]
-        fixed += [self.n_train, self.n_val, self.member_idx, self.batch_weights]
-        fixed += [self.stream_keys, self.lr, self.wd, self.stop_at, *self.periods.values()]
-        fixed += [self.model_inputs]
-        optional = (self.seq_targets, self.prefix_table, self.row_prefix)
-        fixed += [t for t in optional if t is not None]
-        return out + [(t, 0) for t in fixed]
+    def _dynamic_dims(self) -> list[tuple[torch.Tensor, tuple[int, ...]]]:
+        """Every tensor the compiled functions read or write, with the dims whose sizes vary
+        between ensembles of one model: members, dataset rows, vocabulary and classes,
+        distinct prefixes, evaluation chunks and slots. Compiled as dynamic sizes, they let
+        every ensemble of a model share one compiled step through inductor's cache."""
+        task_dims = self.model.task_sized_dims()
+        out = []
+        for name, t in self.params.items():
+            out.append((t, (0, *task_dims.get(name, ()))))
+        for key, t in self.state.tensors().items():
+            out.append((t, (0, *task_dims.get(key.rsplit(".", 1)[0], ())) if t.dim() > 1 else (0,)))
+        rows_axis = [self.model_inputs, self.targets, self.train_mask, self.val_mask]
+        rows_axis += [self.train_list] + ([self.seq_targets] if self.seq else [])
+        rows_axis += [] if self.row_prefix is None else [self.row_prefix]
+        out += [(t, (0, 1)) for t in rows_axis]
+        out += [(self.eval_rows, (0,)), (self.eval_train_w, (0, 1)), (self.eval_val_w, (0, 1))]
+        out += [(self.history, (0, 1)), (self.eval_sums, (1,))]
+        if self.prefix_table is not None:
+            out.append((self.prefix_table, (0, 1)))
+        per_member = [self.n_train, self.n_val, self.member_idx, self.batch_weights]
+        per_member += [self.stream_keys, self.lr, self.wd, self.stop_at, self.active]
+        per_member += list(self.periods.values())
+        out += [(t, (0,)) for t in per_member]
+        return out
 
     def prepare(self) -> None:
         """Compile and capture (on CUDA); time spent here is reported as compile time."""
         if self._prepared:
             return
         t0 = time.perf_counter()
-        train_fn, eval_fn = self._train_step, self._evaluate
+        train_fn, chunk_fn, finish_fn = self._train_step, self._eval_chunk, self._eval_finish
         if self.opts.compile:
             # Each ensemble compiles its own step; dropping earlier ensembles' graphs keeps
             # dynamo under its per-function cache limit (past it, it silently runs eagerly).
             # Inductor's on-disk cache makes a repeated shape cheap to compile again.
             #
-            # The member axis is compiled as a dynamic size, so ensembles that differ only in
-            # their number of members (other experiments' ensembles of the same model, or this
-            # one after compaction) hit inductor's cache instead of compiling afresh (measured
-            # on CPU: 100 s cold, 5 s from the cache).
+            # Sizes that vary between ensembles of one model are compiled as dynamic (see
+            # `_dynamic_dims`): other experiments' ensembles of the model, or this one after
+            # compaction, hit inductor's cache instead of compiling afresh (measured on CPU:
+            # 100 s cold, 5 s from the cache).
             torch._dynamo.reset()
-            if self.opts.dynamic_members:
-                for t, axis in self._member_axis_tensors():
-                    torch._dynamo.mark_dynamic(t, axis)
-            train_fn = torch.compile(train_fn, dynamic=False)
-            eval_fn = torch.compile(eval_fn, dynamic=False)
+            if self.opts.dynamic_sizes:
+                # no "duck" sizes: equal sizes that happen to coincide (say members and
+                # classes) must not become one symbol, or the graph only fits that coincidence
+                fx_config.use_duck_shape = False
+                for t, dims in self._dynamic_dims():
+                    for dim in dims:
+                        torch._dynamo.maybe_mark_dynamic(t, dim)
+            # fullgraph: a graph break would run eagerly and host-synchronise, silently
+            train_fn = torch.compile(train_fn, dynamic=False, fullgraph=True)
+            chunk_fn = torch.compile(chunk_fn, dynamic=False, fullgraph=True)
+            finish_fn = torch.compile(finish_fn, dynamic=False, fullgraph=True)
+
+        def eval_fn():
+            self._evaluate(chunk_fn, finish_fn)
+
         if self.device.type == "cuda" and self.opts.cuda_graph:
             saved = [t.clone() for t in self._mutable()]
             side = torch.cuda.Stream()

@@ -33,7 +33,7 @@ class EngineConfig:
     compile: bool | str = "auto"  # auto: on for CUDA
     cuda_graph: bool | str = "auto"
     max_members: int = 256
-    eval_member_rows: int = 131072
+    eval_chunk_rows: int = 1024  # dataset rows per evaluation forward (memory only)
     progress: bool = True
     # CPU threads for training: "auto" keeps torch's default (every core). On a machine
     # shared with other busy processes, 1 avoids oversubscription (measured 50x faster there).
@@ -41,7 +41,7 @@ class EngineConfig:
 
     def validate(self, key: str) -> None:
         check(self.max_members >= 1, f"{key}.max_members", "must be positive")
-        check(self.eval_member_rows >= 1, f"{key}.eval_member_rows", "must be positive")
+        check(self.eval_chunk_rows >= 1, f"{key}.eval_chunk_rows", "must be positive")
         if isinstance(self.devices, str):
             check(
                 self.devices in ("auto", "cpu"),
@@ -79,7 +79,7 @@ class EngineConfig:
             device=device,
             compile=pick(self.compile),
             cuda_graph=pick(self.cuda_graph) and cuda,
-            eval_member_rows=self.eval_member_rows,
+            eval_chunk_rows=self.eval_chunk_rows,
             progress=self.progress,
             progress_position=position,
         )
