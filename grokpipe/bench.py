@@ -181,7 +181,7 @@ def main(argv=None) -> None:
     ap.add_argument("--precision", default="tf32", choices=["fp32", "tf32", "bf16"])
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--grok-budget", type=int, default=20000)
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: ref,grok,sizes")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: ref,single,sizes,grok")
     ap.add_argument("--multi-gpu", action="store_true", help="one GPU vs all, two ensembles")
     ap.add_argument("--multi-steps", type=int, default=20000, help="steps of each ensemble")
     ap.add_argument("--multi-members", type=int, default=64, help="members of each ensemble")
@@ -202,8 +202,10 @@ def main(argv=None) -> None:
     if "ref" not in skip:
         report["reference"] = bench_reference(dev, args.steps)
         print("reference", report["reference"], flush=True)
-    report["engine"] = [bench_engine(dev, 1, args.steps, opts, args.precision)]
-    print("engine x1", report["engine"][-1], flush=True)
+    report["engine"] = []
+    if "single" not in skip:
+        report["engine"].append(bench_engine(dev, 1, args.steps, opts, args.precision))
+        print("engine x1", report["engine"][-1], flush=True)
     if "sizes" not in skip:
         for size in [int(s) for s in args.sizes.split(",") if s]:
             steps = max(200, args.steps // max(1, size // 8))
