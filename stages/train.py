@@ -1,11 +1,13 @@
 """Stage `train@<experiment>`: train every run of the experiment on every visible device.
 
 Checkpoints go to data/checkpoints/<experiment>/ (kept across DVC re-runs), so a killed stage
-resumes where it stopped; they are removed once the run outputs are written.
+resumes where it stopped; they are removed once the run outputs are written. Compiled kernels
+are cached in data/compile_cache/ (both git-ignored and outside DVC's outputs).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -26,6 +28,9 @@ def train_experiment(exp: Experiment, members: list[Member], engine: EngineConfi
     name = exp.name
     keep = {r.run_id for r in exp.runs} if exp.options.save_weights else set()
     checkpoints = Path("data/checkpoints") / name
+    # Compiled kernels live in the project (git-ignored), so a later `dvc repro` - after a
+    # params change, or a reboot that empties /tmp - compiles each model from the cache.
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path("data/compile_cache").resolve()))
     t0 = time.perf_counter()
     results, timings = train_members(members, engine, checkpoints, name, keep)
     runstore.write(f"data/runs/{name}", exp, results, timings)

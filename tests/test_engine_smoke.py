@@ -107,3 +107,13 @@ def test_a_run_alone_matches_the_same_run_in_an_ensemble(trained):
         np.testing.assert_allclose(
             solo.metrics[name], in_ensemble.metrics[name], rtol=1e-4, atol=1e-5
         )
+
+
+def test_each_gpu_worker_sees_only_its_own_gpu():
+    from grokpipe.train.runner import worker_visible_devices
+
+    assert worker_visible_devices("cuda:1", None) == "1"
+    assert worker_visible_devices("cuda:0", "") == "0"
+    # an inherited narrowing keeps its own numbering (or UUIDs)
+    assert worker_visible_devices("cuda:1", "2, 5") == "5"
+    assert worker_visible_devices("cuda:0", "GPU-ab12,GPU-cd34") == "GPU-ab12"

@@ -151,7 +151,7 @@ def _compaction_policy(trainer: EnsembleTrainer) -> bool:
     return saved > trainer.timing.compile_s + trainer.timing.setup_s + 0.1
 
 
-def _run_job(job: Job, opts: EngineOptions, checkpoint_dir: Path) -> dict:
+def _run_job(job: Job, opts: EngineOptions, checkpoint_dir: Path, device_name: str = "") -> dict:
     """Train one job to the end, resuming from its checkpoint, dropping members that stopped
     early into their results as the ensemble shrinks."""
     result_path = checkpoint_dir / f"{job.job_id}.result.pt"
@@ -196,7 +196,7 @@ def _run_job(job: Job, opts: EngineOptions, checkpoint_dir: Path) -> dict:
     timing = {
         "label": job.label,
         "members": len(job.members),
-        "device": opts.device,
+        "device": device_name or opts.device,
         "ensembles": len(timings),
         "steps": trainer.step_host,
         **{
@@ -214,16 +214,30 @@ def _run_job(job: Job, opts: EngineOptions, checkpoint_dir: Path) -> dict:
     return out
 
 
+def worker_visible_devices(device: str, inherited: str | None) -> str:
+    """CUDA_VISIBLE_DEVICES for the worker that owns `device` ("cuda:i", i counted among the
+    GPUs this process sees, themselves possibly narrowed by an inherited setting)."""
+    index = int(device.split(":")[1])
+    if inherited:
+        return inherited.split(",")[index].strip()
+    return str(index)
+
+
 def _worker(rank: int, device: str, engine: EngineConfig, jobs, queue, results, ckdir: str):
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     try:
-        torch.cuda.set_device(torch.device(device))
-        opts = engine.options(device, position=rank)
+        # Each worker sees only its own GPU, as cuda:0. Compiled code is cached per device,
+        # so this way every worker reuses what any of them (or an earlier run) compiled,
+        # instead of each GPU compiling every graph afresh.
+        inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
+        os.environ["CUDA_VISIBLE_DEVICES"] = worker_visible_devices(device, inherited)
+        torch.cuda.set_device(0)
+        opts = engine.options("cuda:0", position=rank)
         while True:
             idx = queue.get()
             if idx is None:
                 break
-            _run_job(jobs[idx], opts, Path(ckdir))
+            _run_job(jobs[idx], opts, Path(ckdir), device_name=device)
             results.put(("done", idx, None))
     except BaseException:
         results.put(("error", rank, traceback.format_exc()))
