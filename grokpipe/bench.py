@@ -192,6 +192,8 @@ def main(argv=None) -> None:
     opts = EngineOptions(
         device=dev, compile=cuda and not args.no_compile, cuda_graph=cuda, progress=False
     )
+    if cuda:  # the reference loop must run at the engine's matmul precision too
+        torch.set_float32_matmul_precision("high" if args.precision == "tf32" else "highest")
     skip = set(filter(None, args.skip.split(",")))
     report = {
         "device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",

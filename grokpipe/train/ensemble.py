@@ -129,7 +129,8 @@ class EnsembleTrainer:
         self.E = E = len(members)
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-            torch.backends.cuda.matmul.allow_tf32 = tc.precision == "tf32"
+            # the setting inductor reads too (allow_tf32 alone leaves it warning that TF32 is off)
+            torch.set_float32_matmul_precision("high" if tc.precision == "tf32" else "highest")
             torch.backends.cudnn.allow_tf32 = tc.precision == "tf32"
         self.seq = tc.loss_on == "sequence"
 
