@@ -138,11 +138,10 @@ class EnsembleTrainer:
         def stack(arrays):
             return torch.as_tensor(np.stack(arrays)).to(dev)
 
-        self.inputs = stack([m.data.inputs for m in members])
+        inputs = np.stack([m.data.inputs for m in members])  # [E, N, T], on the host
         self.targets = stack([m.data.targets for m in members])
         self.seq_targets = stack([m.data.seq_targets for m in members]) if self.seq else None
-        N = self.inputs.shape[1]
-        self.N = N
+        N = inputs.shape[1]
         train_mask = np.zeros((E, N), np.float32)
         val_mask = np.zeros((E, N), np.float32)
         train_list = np.zeros((E, N), np.int64)
@@ -195,11 +194,12 @@ class EnsembleTrainer:
         # --- shared prefixes: the first P tokens' states computed once per distinct prefix -
         plan = None
         if opts.share_prefixes and not self.seq and getattr(self.model, "shares_prefixes", False):
-            plan = plan_prefix(np.stack([m.data.inputs for m in members]), self.batch)
+            plan = plan_prefix(inputs, self.batch)
         self.prefix_len = 0 if plan is None else plan.length
         self.prefix_table = None if plan is None else torch.as_tensor(plan.table).to(dev)
         self.row_prefix = None if plan is None else torch.as_tensor(plan.row_prefix).to(dev)
-        self.model_inputs = self.inputs[:, :, self.prefix_len :].contiguous()
+        # what the model reads per row: the whole sequence, or the part after the prefix
+        self.model_inputs = torch.as_tensor(inputs[:, :, self.prefix_len :]).contiguous().to(dev)
         for p in self.model.parameters():
             p.requires_grad_(False)
 
@@ -386,20 +386,24 @@ class EnsembleTrainer:
         every ensemble of a model share one compiled step through inductor's cache."""
         task_dims = self.model.task_sized_dims()
         out = []
-        for name, t in self.params.items():
-            out.append((t, (0, *task_dims.get(name, ()))))
-        for key, t in self.state.tensors().items():
-            out.append((t, (0, *task_dims.get(key.rsplit(".", 1)[0], ())) if t.dim() > 1 else (0,)))
+        # what the step writes, with its member axis (`_mutable_named`), plus the task-sized
+        # dims of parameters and of their optimiser slots, and the history's slot axis
+        for key, (t, axis) in self._mutable_named().items():
+            if axis is None:
+                continue
+            param = key.split(".")[1] if key.startswith(("param.", "opt.")) else None
+            extra = task_dims.get(param, ()) if t.dim() > 1 else ()
+            extra += (0,) if key == "history" else ()
+            out.append((t, (axis, *extra)))
         rows_axis = [self.model_inputs, self.targets, self.train_mask, self.val_mask]
         rows_axis += [self.train_list] + ([self.seq_targets] if self.seq else [])
         rows_axis += [] if self.row_prefix is None else [self.row_prefix]
         out += [(t, (0, 1)) for t in rows_axis]
         out += [(self.eval_rows, (0,)), (self.eval_train_w, (0, 1)), (self.eval_val_w, (0, 1))]
-        out += [(self.history, (0, 1)), (self.eval_sums, (1,))]
         if self.prefix_table is not None:
             out.append((self.prefix_table, (0, 1)))
         per_member = [self.n_train, self.n_val, self.member_idx, self.batch_weights]
-        per_member += [self.stream_keys, self.lr, self.wd, self.stop_at, self.active]
+        per_member += [self.stream_keys, self.lr, self.wd, self.stop_at]
         per_member += list(self.periods.values())
         out += [(t, (0,)) for t in per_member]
         return out
@@ -418,7 +422,7 @@ class EnsembleTrainer:
             # Sizes that vary between ensembles of one model are compiled as dynamic (see
             # `_dynamic_dims`): other experiments' ensembles of the model, or this one after
             # compaction, hit inductor's cache instead of compiling afresh (measured on CPU:
-            # 100 s cold, 5 s from the cache).
+            # 178 s cold, 16-20 s for another member count or task from the cache).
             torch._dynamo.reset()
             if self.opts.dynamic_sizes:
                 # no "duck" sizes: equal sizes that happen to coincide (say members and

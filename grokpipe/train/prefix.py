@@ -29,18 +29,17 @@ def _distinct(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def plan_prefix(inputs: np.ndarray, batch: int) -> PrefixPlan | None:
     """inputs [E, N, T] token ids of every member's dataset; None when sharing saves nothing."""
     E, N, T = inputs.shape
-    best_cost, best_len = batch * T, 0
+    best_cost, best = batch * T, None
     for length in range(1, T):
-        distinct = max(len(_distinct(inputs[e, :, :length])[0]) for e in range(E))
-        cost = distinct * length + batch * (T - length)
+        per_member = [_distinct(inputs[e, :, :length]) for e in range(E)]
+        cost = max(len(table) for table, _ in per_member) * length + batch * (T - length)
         if cost < best_cost:
-            best_cost, best_len = cost, length
-    if best_len == 0:
+            best_cost, best = cost, (length, per_member)
+    if best is None:
         return None
-    tables, index = [], np.zeros((E, N), np.int64)
-    for e in range(E):
-        table, index[e] = _distinct(inputs[e, :, :best_len])
-        tables.append(table)
+    length, per_member = best
+    tables = [table for table, _ in per_member]
+    index = np.stack([inverse for _, inverse in per_member])
     U = max(len(t) for t in tables)
     padded = np.stack([np.concatenate([t, np.repeat(t[:1], U - len(t), 0)]) for t in tables])
-    return PrefixPlan(best_len, padded, index)
+    return PrefixPlan(length, padded, index)
