@@ -216,21 +216,14 @@ def test_registry_flags_sequence_models():
 @pytest.mark.parametrize("length", [1, 2, 3])
 @pytest.mark.parametrize("layernorm", [True, False])
 def test_prefixed_forward_is_the_same_function(n_layers, length, layernorm):
-    from grokpipe.train.prefix import PrefixPlan
+    from grokpipe.train.prefix import prefix_plan
 
     E = 3
     model = transformer(E, n_layers=n_layers, layernorm=layernorm).double()
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, TOKEN_INFO["vocab_size"], (E, 40, TOKEN_INFO["seq_len"]), generator=g)
     x[1, :, 0] = 5  # one member with a single distinct first token: padded table rows
-    tables, index = [], []
-    for e in range(E):
-        t, inv = torch.unique(x[e, :, :length], dim=0, return_inverse=True)
-        tables.append(t.numpy())
-        index.append(inv.numpy())
-    U = max(len(t) for t in tables)
-    table = np.stack([np.concatenate([t, np.repeat(t[:1], U - len(t), 0)]) for t in tables])
-    plan = PrefixPlan(length, table, np.stack(index))
+    plan = prefix_plan(x.numpy(), length)
     plain = model(x)
     prefix = (torch.as_tensor(plan.table), torch.as_tensor(plan.row_prefix))
     shared = model(x[:, :, length:], prefix=prefix)

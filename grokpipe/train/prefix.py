@@ -21,25 +21,24 @@ class PrefixPlan:
     row_prefix: np.ndarray  # [E, N] which table row each dataset row starts with
 
 
-def _distinct(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    table, inverse = np.unique(rows, axis=0, return_inverse=True)
-    return table, inverse.reshape(-1)
+def prefix_plan(inputs: np.ndarray, length: int) -> PrefixPlan:
+    """The plan that takes the first `length` positions of inputs [E, N, T] from a table of
+    each member's distinct prefixes."""
+    per_member = [np.unique(rows[:, :length], axis=0, return_inverse=True) for rows in inputs]
+    tables = [table for table, _ in per_member]
+    index = np.stack([inverse.reshape(-1) for _, inverse in per_member])
+    U = max(len(t) for t in tables)
+    padded = np.stack([np.concatenate([t, np.repeat(t[:1], U - len(t), 0)]) for t in tables])
+    return PrefixPlan(length, padded, index)
 
 
 def plan_prefix(inputs: np.ndarray, batch: int) -> PrefixPlan | None:
     """inputs [E, N, T] token ids of every member's dataset; None when sharing saves nothing."""
-    E, N, T = inputs.shape
+    T = inputs.shape[2]
     best_cost, best = batch * T, None
     for length in range(1, T):
-        per_member = [_distinct(inputs[e, :, :length]) for e in range(E)]
-        cost = max(len(table) for table, _ in per_member) * length + batch * (T - length)
+        plan = prefix_plan(inputs, length)
+        cost = plan.table.shape[1] * length + batch * (T - length)
         if cost < best_cost:
-            best_cost, best = cost, (length, per_member)
-    if best is None:
-        return None
-    length, per_member = best
-    tables = [table for table, _ in per_member]
-    index = np.stack([inverse for _, inverse in per_member])
-    U = max(len(t) for t in tables)
-    padded = np.stack([np.concatenate([t, np.repeat(t[:1], U - len(t), 0)]) for t in tables])
-    return PrefixPlan(length, padded, index)
+            best_cost, best = cost, plan
+    return best
