@@ -16,7 +16,7 @@ import numpy as np
 
 from grokpipe.train.ensemble import EngineOptions, EnsembleTrainer
 from grokpipe.train.members import members_from_block
-from grokpipe.train.runner import EngineConfig, train_members
+from grokpipe.train.runner import EngineConfig, should_compact, train_members
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -187,3 +187,11 @@ def test_med_probe_matches_its_definition():
     t = EnsembleTrainer(s5, EngineOptions(progress=False))
     t.run()
     assert np.isnan(t.results()[0].metrics["med"]).all()
+
+
+def test_compaction_pays_for_itself_only():
+    # 100 members at 10 ms a step, 50 000 steps to go, 30 s to rebuild
+    assert not should_compact(80, 100, 50_000, 0.01, 30.0), "too few members stopped"
+    assert should_compact(75, 100, 50_000, 0.01, 30.0)  # saves 125 s > 2 x 30 s
+    assert not should_compact(75, 100, 2_000, 0.01, 30.0), "saves 5 s, costs 30 s"
+    assert not should_compact(0, 100, 50_000, 0.01, 30.0), "nothing left to train"
