@@ -1,4 +1,4 @@
-"""Stage `evaluate@<experiment>`: grokking metrics (JSON, for `dvc metrics`) and learning
+"""Part of stage `analyze@<experiment>`: grokking metrics (JSON, for `dvc metrics`) and learning
 curves (TSV, for `dvc plots`) from the trained runs."""
 
 from __future__ import annotations

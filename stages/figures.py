@@ -1,4 +1,4 @@
-"""Stage `figures@<experiment>`: the experiment's seaborn figures from its result tables."""
+"""Part of stage `analyze@<experiment>`: the experiment's seaborn figures from its result tables."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage `toyfit@<experiment>`: fit the pattern toy model to every trained run's measured
+"""Part of stage `analyze@<experiment>`: fit the pattern toy model to every trained run's measured
 train/validation accuracy and report the fitted patterns, the goodness of fit and a figure.
 
     python -m stages.toyfit <experiment> [params-file]   # reads toy_model.fit (defaults if absent)
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from grokpipe import runstore
 from grokpipe.analysis.toyfit import fit_experiment, summarise
-from grokpipe.analysis.toyparams import fit_config
+from grokpipe.analysis.toyparams import FitConfig, fit_config
 from grokpipe.config.experiment import load_params
 from grokpipe.config.schema import to_dict
 from grokpipe.figures.style import save, setup
@@ -25,9 +25,8 @@ MODEL = (
 )
 
 
-@stage_main
-def main(name: str, params_path: str = "params.yaml") -> None:
-    cfg = fit_config(load_params(params_path))  # ConfigError before anything is written
+def fit_toy_model(name: str, cfg: FitConfig) -> dict:
+    """Write reports/metrics/toyfit_<name>.json and reports/figures/toyfit_<name>/fits.png."""
     src = Path("data/runs") / name
     if not (src / "history.tsv").is_file():
         raise SystemExit(f"error: {src}/history.tsv not found (train experiment {name!r} first)")
@@ -55,6 +54,12 @@ def main(name: str, params_path: str = "params.yaml") -> None:
         f"(heuristic kept in {summary['heuristic_chosen']}), median val RMSE "
         f"{summary['median_rmse_val']} -> {out}, reports/figures/toyfit_{name}/"
     )
+    return summary
+
+
+@stage_main
+def main(name: str, params_path: str = "params.yaml") -> None:
+    fit_toy_model(name, fit_config(load_params(params_path)))  # ConfigError before any write
 
 
 if __name__ == "__main__":

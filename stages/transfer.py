@@ -5,7 +5,7 @@ The `transfer:` block of params.yaml is one experiment whose grid varies `train.
 between "scratch" and "<experiment>:<condition>"; a run starting from weights takes them from
 the source experiment's run with the same seed (the source must set options.save_weights).
 This stage depends on the source's runs in dvc.yaml, so retraining the source re-runs it. It
-trains, evaluates and draws in one go because its runs exist only here.
+trains and analyses (`stages.analyze`) in one go because its runs exist only here.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from grokpipe.config.schema import ConfigError
 from grokpipe.config.validate import check_experiment, engine_config
 from grokpipe.io import stage_main
 from grokpipe.train.members import build_members
-from stages.evaluate import evaluate
-from stages.figures import render
+from stages.analyze import analyze
 from stages.train import train_experiment
 
 NAME = "transfer"
@@ -56,8 +55,7 @@ def main() -> None:
         if m.config.train.init_from != "scratch":
             m.init_params = source_weights(m.config.train.init_from, m.config.seed)
     train_experiment(exp, members, engine)
-    evaluate(exp, params.get("preset", "full"))
-    render(exp)
+    analyze(exp, params)
 
 
 if __name__ == "__main__":
