@@ -10,7 +10,7 @@ import seaborn as sns
 import torch
 
 from grokpipe.figures.context import FigureContext
-from grokpipe.figures.style import SPLIT_COLORS, SPLIT_NAMES, save, wrap
+from grokpipe.figures.style import SPLIT_COLORS, SPLIT_NAMES, mean_sd_line, save, wrap
 
 
 def _long(ctx: FigureContext, metric: str) -> pd.DataFrame:
@@ -37,17 +37,11 @@ def _curves(ctx: FigureContext, metric: str, ylabel: str, logy: bool):
     palette = {SPLIT_NAMES[k]: v for k, v in SPLIT_COLORS.items()}
     for ax, cond in zip(axes.flat, conditions):
         sub = data[data["condition"] == cond]
-        sns.lineplot(
-            sub,
-            x="step",
-            y=metric,
-            hue="split",
-            palette=palette,
-            errorbar="sd",
-            ax=ax,
-            legend=ax is axes.flat[0],
-            linewidth=1.2,
-        )
+        for split, color in palette.items():
+            mean_sd_line(ax, sub[sub["split"] == split], "step", metric, color, label=split)
+        if ax is axes.flat[0]:
+            ax.legend(title="split", fontsize=8)
+        ax.set_xlabel("step" if ax in axes[-1, :] else "")
         ax.set_xscale("log")
         if logy:
             ax.set_yscale("log")

@@ -23,7 +23,7 @@ import seaborn as sns
 
 from grokpipe.analysis import parity as verdicts
 from grokpipe.figures.context import FigureContext
-from grokpipe.figures.style import SPLIT_COLORS, save
+from grokpipe.figures.style import SPLIT_COLORS, mean_sd_line, save
 
 FIRST, LAST = "#1f77b4", "#ff7f0e"
 
@@ -75,14 +75,13 @@ def parity_curves(ctx: FigureContext) -> list:
     for ax, cond in zip(axes.flat, conditions):
         sub = h[h["condition"] == cond]
         for split, name in (("train", "train"), ("val", "validation")):
-            sns.lineplot(
+            mean_sd_line(
+                ax,
                 sub,
-                x="step",
-                y=f"{split}_acc",
-                errorbar="sd",
-                color=SPLIT_COLORS[split],
+                "step",
+                f"{split}_acc",
+                SPLIT_COLORS[split],
                 label=name if ax is axes.flat[0] else None,
-                ax=ax,
                 linewidth=1.3,
             )
         m = ctx.table[ctx.table["condition"] == cond]
@@ -98,8 +97,7 @@ def parity_curves(ctx: FigureContext) -> list:
         ax.set_ylim(0.35, 1.03)
     for ax in list(axes.flat)[len(conditions) :]:
         ax.set_visible(False)
-    if axes.flat[0].get_legend() is not None:
-        axes.flat[0].legend(fontsize=8, loc="lower right")
+    axes.flat[0].legend(fontsize=8, loc="lower right")
     fig.supxlabel(f"optimisation step (log; {_seed_note(ctx)})", fontsize=9)
     titled(fig, ctx, ctx.exp.analyses)
     return [save(fig, ctx.out_dir / "parity_curves.png")]
