@@ -214,10 +214,10 @@ def parity_init_scale(ctx: FigureContext) -> list:
     palette = dict(zip(scales, sns.color_palette("viridis", len(scales))))
     for s in scales:
         sub = h[h["scale"] == s]
-        sns.lineplot(sub, x="step", y="val_acc", color=palette[s], errorbar="sd", ax=a2,
-                     label=f"×{s:g} validation")  # fmt: skip
-        sns.lineplot(sub, x="step", y="train_acc", color=palette[s], errorbar=None, ax=a2,
-                     ls="--", lw=0.9)  # fmt: skip
+        mean_sd_line(a2, sub, "step", "val_acc", palette[s], label=f"×{s:g} validation")
+        mean_sd_line(
+            a2, sub, "step", "train_acc", palette[s], band=False, linestyle="--", linewidth=0.9
+        )
     a2.set_xscale("log")
     a2.set_ylim(0.35, 1.03)
     a2.set_ylabel(f"accuracy (dashed: train; {_seed_note(ctx)})")
@@ -248,10 +248,9 @@ def parity_frozen(ctx: FigureContext) -> list:
             sub = h[(h["depth"] == d) & (h["frozen"] == fz)]
             if sub.empty:
                 continue
-            sns.lineplot(sub, x="step", y="val_acc", color=colors[fz], errorbar="sd", ax=ax,
-                         label=f"{names[fz]}: validation")  # fmt: skip
-            sns.lineplot(sub, x="step", y="train_acc", color=colors[fz], errorbar=None, ax=ax,
-                         ls="--", lw=0.9, label=f"{names[fz]}: train")  # fmt: skip
+            mean_sd_line(ax, sub, "step", "val_acc", colors[fz], label=f"{names[fz]}: validation")
+            mean_sd_line(ax, sub, "step", "train_acc", colors[fz], label=f"{names[fz]}: train",
+                         band=False, linestyle="--", linewidth=0.9)  # fmt: skip
         ax.set_xscale("log")
         ax.set_ylim(0.35, 1.03)
         ax.set_title(f"{d} hidden layer{'s' if d > 1 else ''}", fontsize=10)
