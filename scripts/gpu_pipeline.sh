@@ -6,7 +6,11 @@
 #                                            in the background (it outlives the calling shell);
 #                                            the STAGEs named are reproduced first, in order
 #   scripts/gpu_pipeline.sh wait SECONDS     print progress until it ends or SECONDS pass
-#   scripts/gpu_pipeline.sh collect DIR      copy dvc.lock, the timed log, metrics and figures
+#   scripts/gpu_pipeline.sh collect DIR      copy dvc.lock, the timed log, metrics, figures and
+#                                            each experiment's per-job training timings
+#
+# GP_SET="key=value ..." sets params.yaml keys (dotted paths, YAML values) in the copy before
+# the run, e.g. GP_SET="defaults.arithmetic.train.precision=bf16".
 #
 # The copy keeps the DVC cache and checkpoints between calls; the log prefixes each line with
 # seconds since the start, so per-stage wall times can be read from it.
@@ -24,6 +28,21 @@ start)
   cp -r dvc.yaml params.yaml stages grokpipe .dvc pyproject.toml "$W"/
   cd "$W" || exit 1
   sed -i 's/^  progress: true/  progress: false/' params.yaml  # a log, not a terminal
+  if [ -n "${GP_SET:-}" ]; then
+    python3 - $GP_SET <<'PY' || exit 1
+import sys, yaml
+params = yaml.safe_load(open("params.yaml"))
+for item in sys.argv[1:]:
+    key, value = item.split("=", 1)
+    *path, last = key.split(".")
+    node = params
+    for k in path:
+        node = node[k]
+    node[last] = yaml.safe_load(value)
+    print(f"params.yaml: {key} = {node[last]!r}")
+yaml.safe_dump(params, open("params.yaml", "w"), sort_keys=False)
+PY
+  fi
   git init -q && git add -A && git -c user.email=gp@localhost -c user.name=gp commit -qm run
   shift
   setsid nohup bash -c '
@@ -47,6 +66,7 @@ collect)
   cd "$W" || exit 1
   cp pipeline.log dvc.lock "$out"/
   tar czf "$out/reports.tgz" reports
+  tar czf "$out/timings.tgz" data/runs/*/timing.json 2>/dev/null
   ;;
 *)
   echo "usage: $0 start | wait SECONDS | collect DIR" >&2

@@ -195,3 +195,25 @@ def test_compaction_pays_for_itself_only():
     assert should_compact(75, 100, 50_000, 0.01, 30.0)  # saves 125 s > 2 x 30 s
     assert not should_compact(75, 100, 2_000, 0.01, 30.0), "saves 5 s, costs 30 s"
     assert not should_compact(0, 100, 50_000, 0.01, 30.0), "nothing left to train"
+
+
+def test_later_ensembles_of_one_model_reuse_the_compiled_step(monkeypatch):
+    """A shrunk ensemble, or another job with the same model and settings (other task sizes,
+    seeds or per-member hyperparameters), has the key of the graphs already compiled, so it
+    reuses them; another shared setting resets dynamo first."""
+    from grokpipe.train import ensemble
+
+    opts = EngineOptions(progress=False)
+    base = EnsembleTrainer(members_from_block(block({"seed": [0, 1, 2]})), opts)
+    other_task = {**block({"seed": [3, 4]}, weight_decay=0.3), "data": {"op": "x/y", "p": 13}}
+    same = [base.subset([0, 2]), EnsembleTrainer(members_from_block(other_task), opts)]
+    assert {t._compile_key() for t in same} == {base._compile_key()}
+    changed = EnsembleTrainer(members_from_block(block({"seed": [0]}, betas=[0.9, 0.99])), opts)
+    assert changed._compile_key() != base._compile_key()
+
+    resets = []
+    monkeypatch.setattr(ensemble.torch._dynamo, "reset", lambda: resets.append(1))
+    monkeypatch.setattr(ensemble, "_compiled_key", None)
+    for key in ("a", "a", "b", "b", "a"):
+        ensemble._reset_dynamo_unless_reusable(key)
+    assert len(resets) == 3

@@ -243,3 +243,12 @@ def test_prefix_plan_shares_the_operand_prefix_of_binary_operations():
     np.testing.assert_array_equal(plan.table[0][plan.row_prefix[0]], rows[:, :2])
     # every prefix distinct (no sharing possible): the plain forward is kept
     assert plan_prefix(np.arange(4 * 30).reshape(1, 30, 4), batch=16) is None
+
+
+def test_logits_stay_float32_under_bf16_autocast():
+    """Mixed precision runs the blocks in bfloat16 but keeps the logits in float32."""
+    model = transformer(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(tokens(2))
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, model(tokens(2)), atol=0.1)

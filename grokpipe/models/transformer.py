@@ -146,6 +146,13 @@ class Transformer(EnsembleModel):
         z = act(bmm(h, getattr(self, f"ff1_{i}")) + b1.reshape(shape1))
         return bmm(z, getattr(self, f"ff2_{i}")) + b2.reshape(shape2)
 
+    def _logits(self, h: Tensor) -> Tensor:
+        """Final LayerNorm and unembedding, in float32 even under bf16 autocast: the late phase
+        of grokking lives in small differences between large logits, which bfloat16's 8-bit
+        mantissa would round away. It is a small part of the step (one position, d x classes)."""
+        with torch.autocast(h.device.type, enabled=False):
+            return bmm(self._ln(h.to(self.unembed.dtype), "lnf"), self.unembed)
+
     def forward(
         self, tokens: Tensor, last_only: bool = True, prefix: tuple[Tensor, Tensor] | None = None
     ) -> Tensor:
@@ -167,8 +174,7 @@ class Transformer(EnsembleModel):
             a = self._attention(self._ln(h, f"ln1_{i}"), i, final)
             h = (h[:, :, -1:] if final else h) + a
             h = h + self._ffn(self._ln(h, f"ln2_{i}"), i)
-        h = self._ln(h, "lnf")
-        logits = bmm(h, self.unembed)
+        logits = self._logits(h)
         return logits[:, :, -1] if last_only else logits
 
     def forward_prefixed(self, suffix: Tensor, table: Tensor, index: Tensor) -> Tensor:
@@ -212,5 +218,4 @@ class Transformer(EnsembleModel):
             a = self._attend(q, k, v, mask, i)
             hs = (hs[:, :, -1:] if final else hs) + a
             hs = hs + self._ffn(self._ln(hs, f"ln2_{i}"), i)
-        hs = self._ln(hs, "lnf")
-        return bmm(hs, self.unembed)[:, :, -1]
+        return self._logits(hs)[:, :, -1]

@@ -87,8 +87,8 @@ class Timing:
     model_steps: int = 0
 
 
-def group_key(cfg: RunConfig, data: TaskData) -> str:
-    """Runs with equal keys can be members of one ensemble."""
+def _shared_settings(cfg: RunConfig) -> dict:
+    """The settings every member of an ensemble shares (what may differ per member removed)."""
     d = cfg.as_dict()
     d.pop("seed")
     d.pop("data")
@@ -96,8 +96,54 @@ def group_key(cfg: RunConfig, data: TaskData) -> str:
     for k in ("lr", "weight_decay", "early_stop", "layers", "batch_size", "init_from"):
         d["train"].pop(k)
     d["batch_full"] = cfg.train.batch_size == "full"
+    return d
+
+
+def group_key(cfg: RunConfig, data: TaskData) -> str:
+    """Runs with equal keys can be members of one ensemble."""
+    d = _shared_settings(cfg)
     d["shape"] = repr(data.shape_signature())
     return repr(sorted(d.items()))
+
+
+# The key of the step and evaluation graphs dynamo holds in this process (see `prepare`).
+_compiled_key: str | None = None
+
+
+def _reset_dynamo_unless_reusable(key: str) -> None:
+    """Keep dynamo's compiled graphs when the next ensemble can reuse them, drop them otherwise.
+
+    The step is compiled with dynamic sizes, so a later ensemble of the same model, settings
+    and static sizes (a shrunk ensemble, another job of the experiment) passes the guards of the
+    graphs already traced and costs no compile at all. Another model or setting would add
+    entries until dynamo's per-function limit, past which it would run eagerly; dropping them
+    first keeps one set of graphs alive, and a limit hit is made an error, never a silent
+    eager fallback."""
+    global _compiled_key
+    if key != _compiled_key:
+        torch._dynamo.reset()
+        _compiled_key = key
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
+
+
+def _med_pairs(ranges, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The mean embedding difference's token pairs (t, t+1) within each operand's token range
+    [lo, hi), with weights that average over each range and then over the ranges.
+
+    Tensors rather than constants, so that one compiled evaluation serves every task: a task
+    without operand ranges (S5) gets one pair of weight NaN, so its MED is NaN as it should be."""
+    lo, hi, weight = [0], [0], [math.nan]
+    if ranges and all(b - a >= 2 for a, b in ranges):
+        lo, hi, weight = [], [], []
+        for a, b in ranges:
+            lo += range(a, b - 1)
+            hi += range(a + 1, b)
+            weight += [1.0 / ((b - a - 1) * len(ranges))] * (b - a - 1)
+    return (
+        torch.tensor(lo, device=device),
+        torch.tensor(hi, device=device),
+        torch.tensor(weight, device=device),
+    )
 
 
 def _precision_context(precision: str, device: torch.device):
@@ -247,7 +293,7 @@ class EnsembleTrainer:
         self.eval_train_w = (self.train_mask[:, pad] * real).reshape(E, n_chunks, rows)
         self.eval_val_w = (self.val_mask[:, pad] * real).reshape(E, n_chunks, rows)
         self.eval_sums = torch.zeros(4, E, device=dev)
-        self.med_ranges = info.get("med_ranges")
+        self.med_pairs = _med_pairs(info.get("med_ranges"), dev)
         self._grad = grad(self._loss, has_aux=True)
         self.step_host = 0
         self.evals_done = 0
@@ -257,6 +303,18 @@ class EnsembleTrainer:
         self._prepared = False
 
     # ---------------------------------------------------------------- the step ----------
+    def _compile_key(self) -> str:
+        """What the compiled graphs bake in as constants: shared settings and static sizes."""
+        static = {
+            "model": type(self.model).__name__,
+            "batch": self.batch,
+            "prefix_len": self.prefix_len,
+            "seq_len": self.model_inputs.shape[-1],
+            "dynamic_sizes": self.opts.dynamic_sizes,
+            "device": str(self.device),
+        }
+        return repr((sorted(_shared_settings(self.cfg).items()), sorted(static.items())))
+
     def _model_kwargs(self, rows_prefix):
         if self.prefix_table is None:
             return {"last_only": not self.seq}
@@ -355,14 +413,12 @@ class EnsembleTrainer:
     def _med(self):
         """Mean embedding difference (seed 004): mean ‖E[t+1] − E[t]‖ over each operand's
         tokens, averaged over the two operands; NaN when the task or model has none."""
-        emb = self.model.embedding_for_med(self.params) if self.med_ranges else None
+        emb = self.model.embedding_for_med(self.params)
         if emb is None:
             return torch.full_like(self.lr, math.nan)
-        parts = []
-        for lo, hi in self.med_ranges:
-            block = emb[:, lo:hi].float()
-            parts.append((block[:, 1:] - block[:, :-1]).norm(dim=-1).mean(-1))
-        return torch.stack(parts).mean(0)
+        lo, hi, weight = self.med_pairs
+        diffs = emb.float().index_select(1, hi) - emb.float().index_select(1, lo)
+        return (diffs.norm(dim=-1) * weight).sum(1)
 
     # ---------------------------------------------------------------- capture ----------
     def _mutable_named(self) -> dict[str, tuple[torch.Tensor, int | None]]:
@@ -379,7 +435,9 @@ class EnsembleTrainer:
     def _mutable(self) -> list[torch.Tensor]:
         return [t for t, _ in self._mutable_named().values()]
 
-    def _dynamic_dims(self) -> list[tuple[torch.Tensor, tuple[int, ...]]]:
+    def _dynamic_dims(
+        self, module_params: dict[str, torch.Tensor]
+    ) -> list[tuple[torch.Tensor, tuple[int, ...]]]:
         """Every tensor the compiled functions read or write, with the dims whose sizes vary
         between ensembles of one model: members, dataset rows, vocabulary and classes,
         distinct prefixes, evaluation chunks and slots. Compiled as dynamic sizes, they let
@@ -399,9 +457,12 @@ class EnsembleTrainer:
         rows_axis += [self.train_list] + ([self.seq_targets] if self.seq else [])
         rows_axis += [] if self.row_prefix is None else [self.row_prefix]
         out += [(t, (0, 1)) for t in rows_axis]
-        out += [(self.eval_rows, (0,)), (self.eval_train_w, (0, 1)), (self.eval_val_w, (0, 1))]
+        out += [(self.eval_rows, (0, 1)), (self.eval_train_w, (0, 1, 2))]
+        out += [(self.eval_val_w, (0, 1, 2))]
+        out += [(p, (0, *task_dims.get(n, ()))) for n, p in module_params.items()]
         if self.prefix_table is not None:
             out.append((self.prefix_table, (0, 1)))
+        out += [(t, (0,)) for t in self.med_pairs]
         per_member = [self.n_train, self.n_val, self.member_idx, self.batch_weights]
         per_member += [self.stream_keys, self.lr, self.wd, self.stop_at]
         per_member += list(self.periods.values())
@@ -415,20 +476,21 @@ class EnsembleTrainer:
         t0 = time.perf_counter()
         train_fn, chunk_fn, finish_fn = self._train_step, self._eval_chunk, self._eval_finish
         if self.opts.compile:
-            # Each ensemble compiles its own step; dropping earlier ensembles' graphs keeps
-            # dynamo under its per-function cache limit (past it, it silently runs eagerly).
-            # Inductor's on-disk cache makes a repeated shape cheap to compile again.
-            #
             # Sizes that vary between ensembles of one model are compiled as dynamic (see
-            # `_dynamic_dims`): other experiments' ensembles of the model, or this one after
-            # compaction, hit inductor's cache instead of compiling afresh (measured on CPU:
-            # 178 s cold, 16-20 s for another member count or task from the cache).
-            torch._dynamo.reset()
+            # `_dynamic_dims`): in this process a later ensemble with the same settings (a
+            # shrunk one, the next job) reuses the traced graphs outright; in another process
+            # it hits inductor's on-disk cache (measured on CPU: 178 s cold, 16-20 s for
+            # another member count or task from the cache).
+            _reset_dynamo_unless_reusable(self._compile_key())
             if self.opts.dynamic_sizes:
                 # no "duck" sizes: equal sizes that happen to coincide (say members and
                 # classes) must not become one symbol, or the graph only fits that coincidence
                 fx_config.use_duck_shape = False
-                for t, dims in self._dynamic_dims():
+                # the model's own parameters are traced too (functional_call swaps them):
+                # their member and task dims vary like the other tensors'
+                torch._dynamo.config.force_parameter_static_shapes = False
+                module_params = dict(self.model.named_parameters())
+                for t, dims in self._dynamic_dims(module_params):
                     for dim in dims:
                         torch._dynamo.maybe_mark_dynamic(t, dim)
             # fullgraph: a graph break would run eagerly and host-synchronise, silently
@@ -505,6 +567,14 @@ class EnsembleTrainer:
                 t.copy_(src if axis is None else src.index_select(axis, idx))
         new.step_host, new.evals_done = self.step_host, self.evals_done
         return new
+
+    def rebuild_estimate_s(self) -> float:
+        """Seconds to continue in a smaller ensemble (`subset`): its setup, plus either a
+        compile like this one's or, when dynamo still holds this ensemble's graphs (the same
+        key, dynamic sizes), only CUDA-graph capture, taken as one second."""
+        reusable = self.opts.compile and self.opts.dynamic_sizes
+        reusable = reusable and _compiled_key == self._compile_key()
+        return self.timing.setup_s + (1.0 if reusable else self.timing.compile_s)
 
     def active_members(self) -> list[int]:
         return torch.nonzero(self.active > 0).flatten().tolist()

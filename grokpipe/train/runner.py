@@ -140,8 +140,9 @@ def plan_jobs(
 # Shrink once at least a quarter of the members have stopped, and only when the time saved
 # clearly outweighs rebuilding. The saving assumes a step's time is proportional to the members,
 # which overstates it for small ensembles (launch latency is a fixed part of every step), hence
-# the factor. The rebuild cost is the current ensemble's own build time: pessimistic for the
-# first (maybe a cold compile), exact after that (a cache hit). Simulated on the stop steps of
+# the factor. The rebuild cost is `EnsembleTrainer.rebuild_estimate_s`: setup and CUDA-graph
+# capture when the compiled graphs carry over (the usual case), else a compile like the
+# current one. Simulated on the stop steps of
 # the H100 fraction sweep (BENCHMARKS.md), this cuts its training by 7-16 % against shrinking
 # only at half the members.
 COMPACT_AT_ACTIVE_FRACTION = 0.75
@@ -167,7 +168,7 @@ def _compaction_policy(trainer: EnsembleTrainer) -> bool:
         trainer.E,
         trainer.cfg.train.steps - trainer.step_host,
         per_step,
-        trainer.timing.compile_s + trainer.timing.setup_s,
+        trainer.rebuild_estimate_s(),
     )
 
 
