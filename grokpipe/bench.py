@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import queue as queue_module
 import statistics
 import tempfile
 import time
@@ -136,38 +137,61 @@ def bench_time_to_grok(device: str, opts: EngineOptions, budget: int, precision:
     return out
 
 
-def bench_multi_gpu(steps: int, members: int, precision: str) -> dict:
-    """Two ensembles of different shapes (x/y mod 97 and S5) through the runner: one GPU
-    (both jobs in turn) vs every GPU (one job each). Both shapes are compiled once first, so
-    both timings see a warm compile cache and measure the work, not the first compile."""
+def _multi_pool(n_steps: int, seeds: list[int], precision: str) -> list:
+    """Two ensembles of different shapes: x/y mod 97 and S5."""
+    out = []
+    for tag, op in (("a", "x/y"), ("b", "s5")):
+        out += members_from_block(power_block(op, 97, n_steps, seeds, precision=precision), tag)
+    for i, m in enumerate(out):
+        m.run_id = f"m{i:04d}"
+    return out
+
+
+def _multi_measure(devices: list[int] | str, n_steps: int, seeds: list[int], precision: str, queue):
+    """One measurement, in its own process (see `bench_multi_gpu`)."""
     from grokpipe.train.runner import EngineConfig, train_members
 
-    def pool(n_steps: int, seeds: list[int]) -> list:
-        out = []
-        for tag, op in (("a", "x/y"), ("b", "s5")):
-            block = power_block(op, 97, n_steps, seeds, precision=precision)
-            out += members_from_block(block, tag)
-        for i, m in enumerate(out):
-            m.run_id = f"m{i:04d}"
-        return out
+    members = _multi_pool(n_steps, seeds, precision)
+    engine = EngineConfig(devices=devices, progress=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        _, timings = train_members(members, engine, Path(tmp), "multi")
+        wall = time.perf_counter() - t0
+    gpus = 0 if devices == "cpu" else len(devices)
+    queue.put({"gpus": gpus, "wall_seconds": wall, "jobs": timings})
 
+
+def bench_multi_gpu(steps: int, members: int, precision: str) -> dict:
+    """Two ensembles (x/y mod 97 and S5) through the runner: one GPU (both jobs in turn) vs
+    every GPU (one job each).
+
+    Each measurement runs as a pipeline train stage does: a fresh process that compiles from a
+    warm on-disk cache (a short warm-up run fills it first). One GPU trains in that process;
+    several GPUs add one worker process per GPU, each compiling from the cache. Timed from the
+    call into the runner to its return, so both pay their own compiles, neither the imports."""
+    ctx = torch.multiprocessing.get_context("spawn")
     out = {}
     n = torch.cuda.device_count()
+    one, every = ([0], list(range(n))) if n else ("cpu", "cpu")  # CPU: the plumbing only
     runs = (
-        ("warm_up", [0], pool(200, [0, 1])),
-        ("one_gpu", [0], pool(steps, list(range(members)))),
-        ("all_gpus", list(range(n)), pool(steps, list(range(members)))),
+        ("warm_up", one, 200, [0, 1]),
+        ("one_gpu", one, steps, list(range(members))),
+        ("all_gpus", every, steps, list(range(members))),
     )
-    for name, devices, members_ in runs:
-        engine = EngineConfig(devices=devices, progress=False)
-        with tempfile.TemporaryDirectory() as tmp:
-            t0 = time.perf_counter()
-            _, timings = train_members(members_, engine, Path(tmp), "multi")
-            out[name] = {
-                "gpus": len(devices),
-                "wall_seconds": time.perf_counter() - t0,
-                "jobs": timings,
-            }
+    for name, devices, n_steps, seeds in runs:
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_multi_measure, args=(devices, n_steps, seeds, precision, queue))
+        proc.start()
+        while True:
+            try:
+                out[name] = queue.get(timeout=5)
+                break
+            except queue_module.Empty:
+                if not proc.is_alive():
+                    raise RuntimeError(
+                        f"multi-GPU measurement {name} failed (exit {proc.exitcode})"
+                    ) from None
+        proc.join()
         print(name, out[name], flush=True)
     out["ratio"] = out["all_gpus"]["wall_seconds"] / out["one_gpu"]["wall_seconds"]
     return out
