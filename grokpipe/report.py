@@ -11,7 +11,15 @@ import html
 import json
 from pathlib import Path
 
-RUN_FIELDS = ("memorized_at", "grokked_at", "delay", "final_train_acc", "final_val_acc")
+RUN_FIELDS = (
+    "memorized_at",
+    "grokked_at",
+    "delay",
+    "final_train_acc",
+    "final_val_acc",
+    "end_val_acc",
+    "post_grok_drops",
+)
 
 
 def _fmt(v) -> str:

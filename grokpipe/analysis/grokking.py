@@ -3,6 +3,11 @@
 Memorised at  = first evaluated step with train accuracy ≥ 0.99;
 grokked at    = first evaluated step with validation accuracy ≥ 0.99 (None if never);
 delay         = grokked − memorised.
+Final accuracy is read two ways: at the last evaluation (`final_*`), and as the median over the
+last tenth of the steps trained (`end_*`). Validation accuracy often drops sharply for a few
+evaluations after grokking and recovers, so one evaluation can land in a drop; the median
+cannot. Those drops are counted too: `post_grok_drops` is how many times validation accuracy
+fell below 0.9 after the run grokked, `post_grok_min_val_acc` the lowest it fell.
 A condition is a grid point without its seed; its statistics are taken over seeds, counting
 how many seeds grokked, so a condition that never grokks in the budget says so.
 """
@@ -15,12 +20,18 @@ import numpy as np
 import pandas as pd
 
 THRESHOLD = 0.99
+END_FRACTION = 0.1  # `end_*`: the last tenth of the steps trained
+DROP_BELOW = 0.9  # a post-grokking drop: validation accuracy under this after grokking
 RUN_FIELDS = (
     "memorized_at",
     "grokked_at",
     "delay",
     "final_train_acc",
     "final_val_acc",
+    "end_train_acc",
+    "end_val_acc",
+    "post_grok_min_val_acc",
+    "post_grok_drops",
     "final_train_loss",
     "final_val_loss",
     "last_step",
@@ -32,18 +43,38 @@ def first_step(steps: np.ndarray, values: np.ndarray, threshold: float = THRESHO
     return int(steps[hit[0]]) if len(hit) else None
 
 
+def post_grok_drops(steps: np.ndarray, val_acc: np.ndarray, grokked_at) -> tuple:
+    """(lowest validation accuracy after grokking, number of separate falls below
+    DROP_BELOW); (None, None) for a run that never grokked."""
+    if grokked_at is None:
+        return None, None
+    after = val_acc[steps > grokked_at]
+    if len(after) == 0:
+        return None, 0
+    below = after < DROP_BELOW
+    falls = int(below[0]) + int(np.count_nonzero(below[1:] & ~below[:-1]))
+    return float(after.min()), falls
+
+
 def run_summary(h: pd.DataFrame) -> dict:
     """Measurements of one run from its history rows (sorted by step)."""
     steps = h["step"].to_numpy()
+    val = h["val_acc"].to_numpy()
     mem = first_step(steps, h["train_acc"].to_numpy())
-    grok = first_step(steps, h["val_acc"].to_numpy())
+    grok = first_step(steps, val)
     last = h.iloc[-1]
+    end = h[steps >= steps[-1] * (1 - END_FRACTION)]
+    low, drops = post_grok_drops(steps, val, grok)
     return {
         "memorized_at": mem,
         "grokked_at": grok,
         "delay": grok - mem if grok is not None and mem is not None else None,
         "final_train_acc": float(last["train_acc"]),
         "final_val_acc": float(last["val_acc"]),
+        "end_train_acc": float(end["train_acc"].median()),
+        "end_val_acc": float(end["val_acc"].median()),
+        "post_grok_min_val_acc": low,
+        "post_grok_drops": drops,
         "final_train_loss": float(last["train_loss"]),
         "final_val_loss": float(last["val_loss"]),
         "last_step": int(last["step"]),

@@ -16,6 +16,7 @@ FIGURES: dict[str, str] = {
     "grok_steps": "grokpipe.figures.binary_ops:grok_steps",
     "fraction_sweep": "grokpipe.figures.binary_ops:fraction_sweep",
     "value_counts": "grokpipe.figures.binary_ops:value_counts",
+    "post_grok_drops": "grokpipe.figures.binary_ops:post_grok_drops",
     "parity_curves": "grokpipe.figures.parity:parity_curves",
     "parity_rate_limiting": "grokpipe.figures.parity:parity_rate_limiting",
     "parity_data_size": "grokpipe.figures.parity:parity_data_size",

@@ -1,5 +1,6 @@
 """Figures for grokking experiments: learning curves, steps-to-grok, the training-fraction
-sweep (Power et al. Fig. 1 centre) and seed 002's value counts."""
+sweep (Power et al. Fig. 1 centre), seed 002's value counts, and validation accuracy after
+grokking."""
 
 from __future__ import annotations
 
@@ -237,3 +238,54 @@ def value_counts(ctx: FigureContext) -> list:
     ax.set_title(f"{ctx.exp.title}: table symmetry vs speed of grokking")
     out.append(save(fig, ctx.out_dir / "symmetry_vs_grok.png"))
     return out
+
+
+def post_grok_drops(ctx: FigureContext) -> list:
+    """Validation accuracy after grokking: how often each run falls back below 90 % (and
+    recovers), and the raw traces of the runs that fall most, unaveraged so that no fall is
+    smoothed away by the mean over seeds."""
+    from grokpipe.analysis.grokking import DROP_BELOW
+
+    t = ctx.table[ctx.table["grokked_at"].notna()]
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(12, 0.4 * max(len(set(t["condition"])), 4) + 2), width_ratios=[1, 1.3]
+    )
+    if t.empty:
+        for ax in (left, right):
+            ax.text(0.5, 0.5, "no run grokked", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+    else:
+        conditions = list(dict.fromkeys(t["condition"]))
+        sns.stripplot(
+            t, x="post_grok_drops", y="condition", order=conditions, jitter=False, size=6,
+            color="#d62728", alpha=0.8, ax=left,
+        )  # fmt: skip
+        for i, cond in enumerate(conditions):
+            low = t.loc[t["condition"] == cond, "post_grok_min_val_acc"].min()
+            if pd.notna(low):
+                left.annotate(
+                    f"lowest {low:.2f}", xy=(1.0, i), xycoords=("axes fraction", "data"),
+                    xytext=(4, 0), textcoords="offset points", va="center", fontsize=8,
+                )  # fmt: skip
+        left.set_xlabel(f"falls below {DROP_BELOW:.0%} validation accuracy after grokking")
+        left.set_ylabel("")
+        left.set_title("runs that grokked, one dot per seed", fontsize=10)
+        by_falls = t.sort_values("post_grok_drops", ascending=False)
+        worst = by_falls.drop_duplicates("condition").head(3)
+        h = ctx.history
+        for _, run in worst.iterrows():
+            trace = h[h["run_id"] == run["run_id"]].sort_values("step")
+            label = f"{run['condition']}, seed {run['seed']}"
+            right.plot(trace["step"], trace["val_acc"], lw=0.8, label=label)
+        right.axhline(DROP_BELOW, color="#7f7f7f", lw=0.8, ls=":")
+        right.set_xlabel("optimisation step")
+        right.set_ylabel("validation accuracy")
+        right.set_title(
+            "the run that falls most often, in each of the three conditions where runs fall "
+            "most\n(raw, not averaged over seeds)",
+            fontsize=10,
+        )
+        right.legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"{ctx.exp.title}: validation accuracy after grokking")
+    fig.tight_layout()
+    return [save(fig, ctx.out_dir / "post_grok_drops.png")]
