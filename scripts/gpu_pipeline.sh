@@ -21,6 +21,11 @@ export PYTHONPATH=/tmp/site:$W PATH=/tmp/bin:/tmp/site/bin:$PATH PYTHONUNBUFFERE
 case "${1:-}" in
 start)
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  # grokpipe's own dependencies that the GPU image may lack travel in .whl too
+  python3 -c "import threadpoolctl" || {
+    echo "threadpoolctl missing: add its wheel (pip download --no-deps threadpoolctl -d .whl)" >&2
+    exit 1
+  }
   mkdir -p /tmp/bin
   printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v python3)" > /tmp/bin/python
   chmod +x /tmp/bin/python
