@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from grokpipe.train.ensemble import EngineOptions, EnsembleTrainer
 from grokpipe.train.members import members_from_block
@@ -217,3 +218,16 @@ def test_later_ensembles_of_one_model_reuse_the_compiled_step(monkeypatch):
     for key in ("a", "a", "b", "b", "a"):
         ensemble._reset_dynamo_unless_reusable(key)
     assert len(resets) == 3
+
+
+def test_bf16_members_train_like_runs_alone():
+    """Mixed precision keeps the engine's contract: bfloat16 block products (`EnsembleModel.mm`,
+    no autocast region in the graph), and member i of an ensemble trains like the run alone."""
+    members = members_from_block(block({"seed": [0, 1, 2]}, steps=60, precision="bf16"))
+    t = EnsembleTrainer(members, EngineOptions(progress=False))
+    assert t.model.matmul_dtype is torch.bfloat16
+    assert t.run() == "done"
+    together = t.results()
+    alone = train([members[2]])[0]
+    assert np.isfinite(together[2].metrics["train_loss"]).all()
+    assert max_rel(together[2].metrics["train_loss"], alone.metrics["train_loss"]) < 1e-5

@@ -245,10 +245,26 @@ def test_prefix_plan_shares_the_operand_prefix_of_binary_operations():
     assert plan_prefix(np.arange(4 * 30).reshape(1, 30, 4), batch=16) is None
 
 
-def test_logits_stay_float32_under_bf16_autocast():
-    """Mixed precision runs the blocks in bfloat16 but keeps the logits in float32."""
+def test_bf16_multiplies_the_blocks_in_bfloat16_and_keeps_the_logits_float32(monkeypatch):
+    """Mixed precision: every block product takes bfloat16 inputs, the unembedding float32
+    ones, and the logits come out float32 and close to the float32 model's."""
+    from grokpipe.models import base
+
     model = transformer(2)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(tokens(2))
+    x = tokens(2)
+    full = model(x)
+    seen = []
+    real_bmm = base.bmm
+
+    def recording_bmm(a, w):
+        seen.append((a.dtype, w.dtype))
+        return real_bmm(a, w)
+
+    monkeypatch.setattr(base, "bmm", recording_bmm)
+    monkeypatch.setattr("grokpipe.models.transformer.bmm", recording_bmm)
+    model.matmul_dtype = torch.bfloat16
+    out = model(x)
     assert out.dtype == torch.float32
-    assert torch.allclose(out, model(tokens(2)), atol=0.1)
+    assert seen[-1] == (torch.float32, torch.float32)  # the unembedding
+    assert set(seen[:-1]) == {(torch.bfloat16, torch.bfloat16)}
+    assert torch.allclose(out, full, atol=0.05)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from grokpipe.config.schema import check
-from grokpipe.models.base import EnsembleModel, Tensor, bmm, torch_linear_init, xavier_uniform
+from grokpipe.models.base import EnsembleModel, Tensor, torch_linear_init, xavier_uniform
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class MLP(EnsembleModel):
             h = x
         act = ACTIVATIONS[self.cfg.activation]
         for i in range(self.n_linear):
-            h = bmm(h, getattr(self, f"w{i}"))
+            h = self.mm(h, getattr(self, f"w{i}"))
             if self.cfg.bias:
                 h = h + getattr(self, f"b{i}").unsqueeze(1)
             if i < self.n_linear - 1:

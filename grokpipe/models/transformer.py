@@ -120,21 +120,25 @@ class Transformer(EnsembleModel):
         H, dh = self.cfg.n_heads, d // self.cfg.n_heads
         q = q.reshape(E, B, Tq, 1, H, dh)
         k = k.reshape(E, B, 1, Tk, H, dh)
-        scores = (q * k).sum(-1) * dh**-0.5  # [E, B, Tq, Tk, H]
+        # Under mixed precision q and k are bfloat16: their products are summed and softmaxed in
+        # float32, which is what CUDA autocast does (`sum` and `softmax` are on its float32
+        # list), so the explicit casts compute what torch.autocast computed.
+        acc = torch.promote_types(q.dtype, torch.float32)
+        scores = (q * k).to(acc).sum(-1) * dh**-0.5  # [E, B, Tq, Tk, H]
         att = scores.masked_fill(~mask[:, :, None], float("-inf")).softmax(dim=3)
         mixed = (att.unsqueeze(-1) * v.reshape(E, B, 1, Tk, H, dh)).sum(3)  # [E, B, Tq, H, dh]
-        return bmm(mixed.reshape(E, B, Tq, d), getattr(self, f"out_{i}"))
+        return self.mm(mixed.reshape(E, B, Tq, d), getattr(self, f"out_{i}"))
 
     def _attention(self, h: Tensor, i: int, last_only: bool) -> Tensor:
         d = h.shape[-1]
         w = getattr(self, f"qkv_{i}")
         mask = self.causal
         if last_only:  # only the last position's query is needed
-            q = bmm(h[:, :, -1:], w[..., :d])
-            k, v = bmm(h, w[..., d:]).split(d, dim=-1)
+            q = self.mm(h[:, :, -1:], w[..., :d])
+            k, v = self.mm(h, w[..., d:]).split(d, dim=-1)
             mask = mask[-1:]
         else:
-            q, k, v = bmm(h, w).split(d, dim=-1)
+            q, k, v = self.mm(h, w).split(d, dim=-1)
         return self._attend(q, k, v, mask, i)
 
     def _ffn(self, h: Tensor, i: int) -> Tensor:
@@ -143,15 +147,15 @@ class Transformer(EnsembleModel):
         b2 = getattr(self, f"ff2b_{i}")
         shape1 = (b1.shape[0],) + (1,) * (h.dim() - 2) + (b1.shape[-1],)
         shape2 = (b2.shape[0],) + (1,) * (h.dim() - 2) + (b2.shape[-1],)
-        z = act(bmm(h, getattr(self, f"ff1_{i}")) + b1.reshape(shape1))
-        return bmm(z, getattr(self, f"ff2_{i}")) + b2.reshape(shape2)
+        z = act(self.mm(h, getattr(self, f"ff1_{i}")) + b1.reshape(shape1))
+        return self.mm(z, getattr(self, f"ff2_{i}")) + b2.reshape(shape2)
 
     def _logits(self, h: Tensor) -> Tensor:
-        """Final LayerNorm and unembedding, in float32 even under bf16 autocast: the late phase
-        of grokking lives in small differences between large logits, which bfloat16's 8-bit
-        mantissa would round away. It is a small part of the step (one position, d x classes)."""
-        with torch.autocast(h.device.type, enabled=False):
-            return bmm(self._ln(h.to(self.unembed.dtype), "lnf"), self.unembed)
+        """Final LayerNorm and unembedding, in float32 even when the blocks multiply in
+        bfloat16: the late phase of grokking lives in small differences between large logits,
+        which bfloat16's 8-bit mantissa would round away. It is a small part of the step (one
+        position, d x classes)."""
+        return bmm(self._ln(h.to(self.unembed.dtype), "lnf"), self.unembed)
 
     def forward(
         self, tokens: Tensor, last_only: bool = True, prefix: tuple[Tensor, Tensor] | None = None
@@ -199,19 +203,19 @@ class Transformer(EnsembleModel):
             w = getattr(self, f"qkv_{i}")
             xp, xs = self._ln(hp, f"ln1_{i}"), self._ln(hs, f"ln1_{i}")
             if final:  # the prefix is only read, through its keys and values
-                kp, vp = bmm(xp, w[..., d:]).split(d, dim=-1)
+                kp, vp = self.mm(xp, w[..., d:]).split(d, dim=-1)
             else:
-                qp, kp, vp = bmm(xp, w).split(d, dim=-1)
+                qp, kp, vp = self.mm(xp, w).split(d, dim=-1)
                 hp = hp + self._attend(qp, kp, vp, causal[:P, :P], i)
                 hp = hp + self._ffn(self._ln(hp, f"ln2_{i}"), i)
             k_rows = kp[by_member, index]  # [E, B, P, d]: each row's prefix
             v_rows = vp[by_member, index]
             if final:
-                q = bmm(xs[:, :, -1:], w[..., :d])
-                ks, vs = bmm(xs, w[..., d:]).split(d, dim=-1)
+                q = self.mm(xs[:, :, -1:], w[..., :d])
+                ks, vs = self.mm(xs, w[..., d:]).split(d, dim=-1)
                 mask = causal[-1:]
             else:
-                q, ks, vs = bmm(xs, w).split(d, dim=-1)
+                q, ks, vs = self.mm(xs, w).split(d, dim=-1)
                 mask = causal[P:]
             k = torch.cat([k_rows, ks], dim=2)
             v = torch.cat([v_rows, vs], dim=2)

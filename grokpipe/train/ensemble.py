@@ -13,7 +13,6 @@ history buffer, and on CUDA the step and the evaluation are each captured once a
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import time
@@ -146,12 +145,6 @@ def _med_pairs(ranges, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     )
 
 
-def _precision_context(precision: str, device: torch.device):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 class EnsembleTrainer:
     """Set up on the device, then `run()`; results via `results()`."""
 
@@ -221,6 +214,8 @@ class EnsembleTrainer:
         # --- model, one generator per member ---------------------------------------------
         info = members[0].data.info
         self.model = build_model(cfg.model_name, cfg.model, info, E).to(dev)
+        # bf16: matrix products in bfloat16, the rest in float32 (`EnsembleModel.mm`)
+        self.model.matmul_dtype = torch.bfloat16 if tc.precision == "bf16" else None
         for i, m in enumerate(members):
             gen = torch.Generator().manual_seed(m.config.seed)
             self.model.init_member(i, gen, m.config.model.init_scale)
@@ -321,8 +316,7 @@ class EnsembleTrainer:
         return {"last_only": True, "prefix": (self.prefix_table, rows_prefix)}
 
     def _loss(self, params, x, y, w, rows_prefix):
-        with _precision_context(self.cfg.train.precision, self.device):
-            out = functional_call(self.model, params, (x,), self._model_kwargs(rows_prefix))
+        out = functional_call(self.model, params, (x,), self._model_kwargs(rows_prefix))
         per = LOSSES[self.cfg.train.loss](out.float(), y)
         if self.seq:
             per = per.mean(-1)
@@ -368,8 +362,7 @@ class EnsembleTrainer:
         x = self.model_inputs[:, rows]
         prefix = None if self.row_prefix is None else self.row_prefix[:, rows]
         kwargs = {**self._model_kwargs(prefix), "last_only": True}
-        with _precision_context(self.cfg.train.precision, self.device):
-            out = functional_call(self.model, self.params, (x,), kwargs)
+        out = functional_call(self.model, self.params, (x,), kwargs)
         out = out.float()
         y = self.targets[:, rows]
         loss, hit = LOSSES[self.cfg.train.loss](out, y), correct(out, y)
