@@ -11,7 +11,8 @@ import html
 import json
 from pathlib import Path
 
-RUN_FIELDS = (
+# the per-condition table's columns: a selection of `grokking.RUN_FIELDS`
+TABLE_FIELDS = (
     "memorized_at",
     "grokked_at",
     "delay",
@@ -38,10 +39,10 @@ def _stat(entry: dict) -> str:
 
 
 def conditions_table(metrics: dict) -> str:
-    head = "".join(f"<th>{f.replace('_', ' ')}</th>" for f in RUN_FIELDS)
+    head = "".join(f"<th>{f.replace('_', ' ')}</th>" for f in TABLE_FIELDS)
     rows = []
     for cond, c in metrics.get("conditions", {}).items():
-        cells = "".join(f"<td>{_stat(c[f])}</td>" for f in RUN_FIELDS)
+        cells = "".join(f"<td>{_stat(c[f])}</td>" for f in TABLE_FIELDS)
         rows.append(
             f"<tr><td>{html.escape(cond)}</td><td>{c['grokked_seeds']}/{c['seeds']}"
             f"</td>{cells}</tr>"

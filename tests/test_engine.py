@@ -218,6 +218,9 @@ def test_later_ensembles_of_one_model_reuse_the_compiled_step(monkeypatch):
     for key in ("a", "a", "b", "b", "a"):
         ensemble._reset_dynamo_unless_reusable(key)
     assert len(resets) == 3
+    for key in (None, None):  # static sizes: never reused
+        ensemble._reset_dynamo_unless_reusable(key)
+    assert len(resets) == 5
 
 
 def test_bf16_members_train_like_runs_alone():

@@ -155,7 +155,7 @@ class Transformer(EnsembleModel):
         bfloat16: the late phase of grokking lives in small differences between large logits,
         which bfloat16's 8-bit mantissa would round away. It is a small part of the step (one
         position, d x classes)."""
-        return bmm(self._ln(h.to(self.unembed.dtype), "lnf"), self.unembed)
+        return bmm(self._ln(h, "lnf"), self.unembed)  # the residual stream is float32
 
     def forward(
         self, tokens: Tensor, last_only: bool = True, prefix: tuple[Tensor, Tensor] | None = None

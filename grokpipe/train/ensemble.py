@@ -109,7 +109,7 @@ def group_key(cfg: RunConfig, data: TaskData) -> str:
 _compiled_key: str | None = None
 
 
-def _reset_dynamo_unless_reusable(key: str) -> None:
+def _reset_dynamo_unless_reusable(key: str | None) -> None:
     """Keep dynamo's compiled graphs when the next ensemble can reuse them, drop them otherwise.
 
     The step is compiled with dynamic sizes, so a later ensemble of the same model, settings
@@ -117,9 +117,9 @@ def _reset_dynamo_unless_reusable(key: str) -> None:
     graphs already traced and costs no compile at all. Another model or setting would add
     entries until dynamo's per-function limit, past which it would run eagerly; dropping them
     first keeps one set of graphs alive, and a limit hit is made an error, never a silent
-    eager fallback."""
+    eager fallback. A key of None: nothing to reuse, now or later."""
     global _compiled_key
-    if key != _compiled_key:
+    if key is None or key != _compiled_key:
         torch._dynamo.reset()
         _compiled_key = key
     torch._dynamo.config.fail_on_recompile_limit_hit = True
@@ -410,7 +410,8 @@ class EnsembleTrainer:
         if emb is None:
             return torch.full_like(self.lr, math.nan)
         lo, hi, weight = self.med_pairs
-        diffs = emb.float().index_select(1, hi) - emb.float().index_select(1, lo)
+        emb = emb.float()
+        diffs = emb.index_select(1, hi) - emb.index_select(1, lo)
         return (diffs.norm(dim=-1) * weight).sum(1)
 
     # ---------------------------------------------------------------- capture ----------
@@ -428,9 +429,7 @@ class EnsembleTrainer:
     def _mutable(self) -> list[torch.Tensor]:
         return [t for t, _ in self._mutable_named().values()]
 
-    def _dynamic_dims(
-        self, module_params: dict[str, torch.Tensor]
-    ) -> list[tuple[torch.Tensor, tuple[int, ...]]]:
+    def _dynamic_dims(self) -> list[tuple[torch.Tensor, tuple[int, ...]]]:
         """Every tensor the compiled functions read or write, with the dims whose sizes vary
         between ensembles of one model: members, dataset rows, vocabulary and classes,
         distinct prefixes, evaluation chunks and slots. Compiled as dynamic sizes, they let
@@ -452,7 +451,8 @@ class EnsembleTrainer:
         out += [(t, (0, 1)) for t in rows_axis]
         out += [(self.eval_rows, (0, 1)), (self.eval_train_w, (0, 1, 2))]
         out += [(self.eval_val_w, (0, 1, 2))]
-        out += [(p, (0, *task_dims.get(n, ()))) for n, p in module_params.items()]
+        # the model's own parameters too: functional_call swaps them, so dynamo traces them
+        out += [(p, (0, *task_dims.get(n, ()))) for n, p in self.model.named_parameters()]
         if self.prefix_table is not None:
             out.append((self.prefix_table, (0, 1)))
         out += [(t, (0,)) for t in self.med_pairs]
@@ -474,7 +474,9 @@ class EnsembleTrainer:
             # shrunk one, the next job) reuses the traced graphs outright; in another process
             # it hits inductor's on-disk cache (measured on CPU: 178 s cold, 16-20 s for
             # another member count or task from the cache).
-            _reset_dynamo_unless_reusable(self._compile_key())
+            # graphs of static sizes fit one ensemble only: reusing them would only pile up
+            # recompiles, so a static-size compile always starts afresh
+            _reset_dynamo_unless_reusable(self._compile_key() if self.opts.dynamic_sizes else None)
             if self.opts.dynamic_sizes:
                 # no "duck" sizes: equal sizes that happen to coincide (say members and
                 # classes) must not become one symbol, or the graph only fits that coincidence
@@ -482,8 +484,7 @@ class EnsembleTrainer:
                 # the model's own parameters are traced too (functional_call swaps them):
                 # their member and task dims vary like the other tensors'
                 torch._dynamo.config.force_parameter_static_shapes = False
-                module_params = dict(self.model.named_parameters())
-                for t, dims in self._dynamic_dims(module_params):
+                for t, dims in self._dynamic_dims():
                     for dim in dims:
                         torch._dynamo.maybe_mark_dynamic(t, dim)
             # fullgraph: a graph break would run eagerly and host-synchronise, silently
@@ -565,8 +566,7 @@ class EnsembleTrainer:
         """Seconds to continue in a smaller ensemble (`subset`): its setup, plus either a
         compile like this one's or, when dynamo still holds this ensemble's graphs (the same
         key, dynamic sizes), only CUDA-graph capture, taken as one second."""
-        reusable = self.opts.compile and self.opts.dynamic_sizes
-        reusable = reusable and _compiled_key == self._compile_key()
+        reusable = self.opts.compile and _compiled_key == self._compile_key()
         return self.timing.setup_s + (1.0 if reusable else self.timing.compile_s)
 
     def active_members(self) -> list[int]:
