@@ -52,7 +52,8 @@ PY
   shift
   setsid nohup bash -c '
     t0=$(date +%s)
-    { for stage in "$@"; do dvc repro "$stage" || exit 1; done; dvc repro; } 2>&1 |
+    # --keep-going: a failed stage still lets every stage that does not need it be timed
+    { for stage in "$@"; do dvc repro "$stage" || exit 1; done; dvc repro --keep-going; } 2>&1 |
       while IFS= read -r line; do echo "$(( $(date +%s) - t0 )) $line"; done > pipeline.log
     echo "EXIT ${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s" >> pipeline.log
   ' pipeline "$@" > /dev/null 2>&1 < /dev/null &

@@ -7,20 +7,28 @@ Diagnostics for BENCHMARKS.md, not a test. Each argument is one measurement,
   d  compile ensemble and task sizes as dynamic (cache reuse across ensembles)
   P  profile the compiled step (top kernels) instead of timing it
 Example: `python scripts/gpu_probe.py 64:tf32:c 64:tf32:cs 64:tf32:csd 64:bf16:csd 64:tf32:csdP`
+`GP_INDUCTOR="combo_kernels=1"` sets inductor config options for the whole probe.
 A table of every timed measurement is printed last.
 """
 
+import os
 import sys
 import time
 
 import torch
+import torch._inductor.config as inductor_config
 
 from grokpipe.bench import power_block
 from grokpipe.train.ensemble import EngineOptions, EnsembleTrainer
 from grokpipe.train.members import members_from_block
 
 T0 = time.perf_counter()
+DEVICE = os.environ.get("GP_DEVICE", "cuda")  # "cpu" to smoke-test the probe itself
+CUDA = DEVICE.startswith("cuda")
 ROWS = []
+for item in filter(None, os.environ.get("GP_INDUCTOR", "").split(",")):
+    key, value = item.split("=")
+    setattr(inductor_config, key, type(getattr(inductor_config, key))(int(value)))
 
 
 def log(*a):
@@ -30,7 +38,7 @@ def log(*a):
 def trainer(E, precision, flags, steps):
     block = power_block("x/y", 97, steps, list(range(E)), precision=precision)
     opts = EngineOptions(
-        device="cuda",
+        device=DEVICE,
         compile="c" in flags,
         cuda_graph="P" not in flags,
         progress=False,
@@ -40,15 +48,22 @@ def trainer(E, precision, flags, steps):
     return EnsembleTrainer(members_from_block(block), opts)
 
 
-def probe(E, precision, flags, steps):
-    torch.cuda.reset_peak_memory_stats()
+def prepared(E, precision, flags, steps):
+    """A trainer with its step compiled and captured (the compile is timed here)."""
     t = trainer(E, precision, flags, steps)
     t.prepare()
+    log(f"E={E} {precision} {flags}: prepare {t.timing.compile_s:.1f}s")
+    return t
+
+
+def timed(t, E, precision, flags):
+    if CUDA:
+        torch.cuda.reset_peak_memory_stats()
     t.run()
     sps = t.timing.steps / t.timing.train_s
     row = (E, precision, flags, t.timing.compile_s, sps, E * sps)
-    ROWS.append(row + (torch.cuda.max_memory_allocated() / 2**30,))
-    log(f"E={E} {precision} {flags}: prepare {row[3]:.1f}s, {sps:.0f} steps/s, {row[5]:.0f} m-s/s")
+    ROWS.append(row + (torch.cuda.max_memory_allocated() / 2**30 if CUDA else 0.0,))
+    log(f"E={E} {precision} {flags}: {sps:.0f} steps/s, {row[5]:.0f} m-s/s")
 
 
 def profile(E, precision, flags, steps=20):
@@ -69,19 +84,57 @@ def profile(E, precision, flags, steps=20):
     total = sum(e.device_time_total for e in rows)
     n = sum(e.count for e in rows) // steps
     log(f"profile E={E} {precision} {flags}: {total / steps / 1e3:.3f} ms/step, {n} kernels")
-    for e in rows[:20]:
+    for e in rows[:30]:
         log(f"  {e.device_time_total / steps / 1e3:7.3f} ms {e.count // steps:3d}x  {e.key[:100]}")
+    if os.environ.get("GP_KERNELS"):  # a file to write the top Triton kernels' sources to
+        dump_kernels([e.key for e in rows[:12]], os.environ["GP_KERNELS"])
+
+
+def dump_kernels(names, path):
+    """Copy the source of the named Triton kernels out of inductor's cache (newest first)."""
+    from pathlib import Path
+
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    files = sorted(Path(cache_dir()).rglob("*.py"), key=lambda f: -f.stat().st_mtime)
+    with open(path, "a") as out:
+        for name in names:
+            if not name.startswith("triton_"):
+                continue
+            for f in files:
+                text = f.read_text(errors="replace")
+                at = text.find(f"def {name}(")
+                if at >= 0:
+                    out.write(f"##### {name} ({f.name})\n{text[max(0, at - 600) : at + 6000]}\n")
+                    break
+
+
+def wait_for(path):
+    """Time only once another probe process (compiling beside this one) has finished timing."""
+    from pathlib import Path
+
+    while path and not Path(path).exists():
+        time.sleep(1)
 
 
 if __name__ == "__main__":
+    specs = []
     for spec in sys.argv[1:]:
         parts = spec.split(":")
         E, precision, flags = int(parts[0]), parts[1], parts[2]
         steps = int(parts[3]) if len(parts) > 3 else 1000
+        specs.append((E, precision, flags, steps))
+    # compile everything first, then time: two probes may compile side by side and time in turn
+    ready = [(s, prepared(*s)) for s in specs if "P" not in s[2]]
+    log(torch._dynamo.utils.compile_times())
+    wait_for(os.environ.get("GP_WAIT_FOR"))
+    for (E, precision, flags, _), t in ready:
+        timed(t, E, precision, flags)
+    for E, precision, flags, _ in specs:
         if "P" in flags:
             profile(E, precision, flags)
-        else:
-            probe(E, precision, flags, steps)
+    if os.environ.get("GP_DONE"):
+        open(os.environ["GP_DONE"], "w").close()
     print("\n| members | precision | flags | compile s | steps/s | model-steps/s | peak GiB |")
     print("| ---: | --- | --- | ---: | ---: | ---: | ---: |")
     for E, prec, flags, comp, sps, msps, peak in ROWS:

@@ -190,6 +190,38 @@ def test_med_probe_matches_its_definition():
     assert np.isnan(t.results()[0].metrics["med"]).all()
 
 
+def test_datasets_of_different_sizes_share_an_ensemble_like_runs_alone():
+    """x/y (p·(p−1) rows, divisor range 1..p−1) and x+y (p² rows) in one ensemble: the smaller
+    dataset is padded with rows that are never trained on or evaluated, and each member keeps
+    its own MED token pairs."""
+    members = members_from_block(block({"data.op": ["x+y", "x/y"], "seed": [0]}, steps=40))
+    assert len(members[0].data) != len(members[1].data)
+    together = EnsembleTrainer(members, EngineOptions(progress=False))
+    together.run()
+    for i, m in enumerate(members):
+        alone = train([m])[0]
+        for name in ("train_loss", "val_loss", "val_acc", "med"):
+            got, want = together.results()[i].metrics[name], alone.metrics[name]
+            assert max_rel(got, want) < 1e-5, (m.config.data.op, name)
+
+
+def test_answer_and_sequence_loss_members_share_an_ensemble_like_runs_alone():
+    """seq2val and seq2seq runs train together (full forward; answer-loss members weigh only
+    the last position), each as it trains alone (alone, seq2val uses the shared-prefix
+    forward: the same function, summed in another order)."""
+    members = members_from_block(block({"train.loss_on": ["answer", "sequence"], "seed": [0]}))
+    together = EnsembleTrainer(members, EngineOptions(progress=False))
+    assert together.seq and together.prefix_len == 0
+    together.run()
+    for i, m in enumerate(members):
+        alone = train([m])[0]
+        for name in ("train_loss", "val_loss"):
+            got, want = together.results()[i].metrics[name], alone.metrics[name]
+            assert max_rel(got, want) < 1e-4, (m.config.train.loss_on, name)
+    a, b = (r.metrics["train_loss"] for r in together.results())
+    assert max_rel(a, b) > 1e-2  # the two losses really differ
+
+
 def test_compaction_pays_for_itself_only():
     # 100 members at 10 ms a step, 50 000 steps to go, 30 s to rebuild
     assert not should_compact(80, 100, 50_000, 0.01, 30.0), "too few members stopped"

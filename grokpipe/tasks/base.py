@@ -33,12 +33,15 @@ class TaskData:
         return len(self.inputs)
 
     def shape_signature(self) -> tuple:
-        """What must agree for two datasets to train as members of one stacked ensemble."""
-        seq = None if self.seq_targets is None else self.seq_targets.shape
+        """What must agree for two datasets to train as members of one stacked ensemble.
+
+        The number of examples is not part of it: the engine pads smaller datasets with rows
+        that are never sampled and weigh nothing, so x/y (p·(p−1) rows) trains beside x+y."""
+        seq = None if self.seq_targets is None else self.seq_targets.shape[1:]
         return (
-            self.inputs.shape,
+            self.inputs.shape[1:],
             str(self.inputs.dtype),
-            self.targets.shape,
+            self.targets.shape[1:],
             str(self.targets.dtype),
             seq,
             tuple(sorted((k, v) for k, v in self.info.items() if isinstance(v, (int, str)))),

@@ -92,7 +92,7 @@ def _shared_settings(cfg: RunConfig) -> dict:
     d.pop("seed")
     d.pop("data")
     d["model"].pop("init_scale", None)
-    for k in ("lr", "weight_decay", "early_stop", "layers", "batch_size", "init_from"):
+    for k in ("lr", "weight_decay", "early_stop", "layers", "batch_size", "init_from", "loss_on"):
         d["train"].pop(k)
     d["batch_full"] = cfg.train.batch_size == "full"
     return d
@@ -125,24 +125,31 @@ def _reset_dynamo_unless_reusable(key: str | None) -> None:
     torch._dynamo.config.fail_on_recompile_limit_hit = True
 
 
-def _med_pairs(ranges, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The mean embedding difference's token pairs (t, t+1) within each operand's token range
-    [lo, hi), with weights that average over each range and then over the ranges.
+def _med_pairs(member_ranges, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per member [E, K]: the mean embedding difference's token pairs (t, t+1) within each
+    operand's token range [lo, hi), with weights that average over each range and then over
+    the ranges; padding pairs weigh 0.
 
-    Tensors rather than constants, so that one compiled evaluation serves every task: a task
-    without operand ranges (S5) gets one pair of weight NaN, so its MED is NaN as it should be."""
-    lo, hi, weight = [0], [0], [math.nan]
-    if ranges and all(b - a >= 2 for a, b in ranges):
-        lo, hi, weight = [], [], []
-        for a, b in ranges:
-            lo += range(a, b - 1)
-            hi += range(a + 1, b)
-            weight += [1.0 / ((b - a - 1) * len(ranges))] * (b - a - 1)
-    return (
-        torch.tensor(lo, device=device),
-        torch.tensor(hi, device=device),
-        torch.tensor(weight, device=device),
-    )
+    Tensors rather than constants, so that one compiled evaluation serves every task, and per
+    member, since members of one ensemble may differ in their operand ranges (x/y beside x+y). A
+    task without operand ranges (S5) gets one pair of weight NaN, so its MED is NaN as it
+    should be."""
+    pairs = []
+    for ranges in member_ranges:
+        lo, hi, weight = [0], [0], [math.nan]
+        if ranges and all(b - a >= 2 for a, b in ranges):
+            lo, hi, weight = [], [], []
+            for a, b in ranges:
+                lo += range(a, b - 1)
+                hi += range(a + 1, b)
+                weight += [1.0 / ((b - a - 1) * len(ranges))] * (b - a - 1)
+        pairs.append((lo, hi, weight))
+    K = max(len(lo) for lo, _, _ in pairs)
+    pad = [
+        (lo + [0] * (K - len(lo)), hi + [0] * (K - len(hi)), w + [0.0] * (K - len(w)))
+        for lo, hi, w in pairs
+    ]
+    return tuple(torch.tensor([p[i] for p in pad], device=device) for i in range(3))
 
 
 class EnsembleTrainer:
@@ -171,16 +178,33 @@ class EnsembleTrainer:
             # the setting inductor reads too (allow_tf32 alone leaves it warning that TF32 is off)
             torch.set_float32_matmul_precision("high" if tc.precision == "tf32" else "highest")
             torch.backends.cudnn.allow_tf32 = tc.precision == "tf32"
-        self.seq = tc.loss_on == "sequence"
+        # Loss on the answer or on every next token is per member: an ensemble with any
+        # sequence-loss member runs the full forward, and answer-loss members weigh only its
+        # last position (the same loss as the last-position forward computes).
+        self.seq = any(m.config.train.loss_on == "sequence" for m in members)
 
         # --- data, stacked per member ---------------------------------------------------
-        def stack(arrays):
-            return torch.as_tensor(np.stack(arrays)).to(dev)
+        # Datasets may differ in their number of rows: each is padded to the largest with
+        # copies of its first row, which is in neither split (masks 0), never sampled (it is not
+        # in the training list) and adds no new prefix.
+        N = max(len(m.data) for m in members)
 
-        inputs = np.stack([m.data.inputs for m in members])  # [E, N, T], on the host
-        self.targets = stack([m.data.targets for m in members])
-        self.seq_targets = stack([m.data.seq_targets for m in members]) if self.seq else None
-        N = inputs.shape[1]
+        def stack(arrays):
+            return np.stack([np.concatenate([a, np.repeat(a[:1], N - len(a), 0)]) for a in arrays])
+
+        inputs = stack([m.data.inputs for m in members])  # [E, N, T], on the host
+        self.targets = torch.as_tensor(stack([m.data.targets for m in members])).to(dev)
+        self.seq_targets = None
+        if self.seq:
+            self.seq_targets = torch.as_tensor(stack([m.data.seq_targets for m in members])).to(dev)
+            T_out = self.seq_targets.shape[-1]
+            weights = np.zeros((E, T_out), np.float32)
+            for i, m in enumerate(members):
+                if m.config.train.loss_on == "sequence":
+                    weights[i] = 1.0 / T_out
+                else:
+                    weights[i, -1] = 1.0
+            self.position_weights = torch.as_tensor(weights, device=dev)
         train_mask = np.zeros((E, N), np.float32)
         val_mask = np.zeros((E, N), np.float32)
         train_list = np.zeros((E, N), np.int64)
@@ -288,7 +312,7 @@ class EnsembleTrainer:
         self.eval_train_w = (self.train_mask[:, pad] * real).reshape(E, n_chunks, rows)
         self.eval_val_w = (self.val_mask[:, pad] * real).reshape(E, n_chunks, rows)
         self.eval_sums = torch.zeros(4, E, device=dev)
-        self.med_pairs = _med_pairs(info.get("med_ranges"), dev)
+        self.med_pairs = _med_pairs([m.data.info.get("med_ranges") for m in members], dev)
         self._grad = grad(self._loss, has_aux=True)
         self.step_host = 0
         self.evals_done = 0
@@ -305,6 +329,7 @@ class EnsembleTrainer:
             "batch": self.batch,
             "prefix_len": self.prefix_len,
             "seq_len": self.model_inputs.shape[-1],
+            "sequence_loss": self.seq,
             "dynamic_sizes": self.opts.dynamic_sizes,
             "device": str(self.device),
         }
@@ -319,7 +344,7 @@ class EnsembleTrainer:
         out = functional_call(self.model, params, (x,), self._model_kwargs(rows_prefix))
         per = LOSSES[self.cfg.train.loss](out.float(), y)
         if self.seq:
-            per = per.mean(-1)
+            per = (per * self.position_weights.unsqueeze(1)).sum(-1)
         member_loss = (per * w).sum(1)
         return member_loss.sum(), member_loss.detach()
 
@@ -411,7 +436,7 @@ class EnsembleTrainer:
             return torch.full_like(self.lr, math.nan)
         lo, hi, weight = self.med_pairs
         emb = emb.float()
-        diffs = emb.index_select(1, hi) - emb.index_select(1, lo)
+        diffs = emb[self.member_idx, hi] - emb[self.member_idx, lo]  # [E, K, d]
         return (diffs.norm(dim=-1) * weight).sum(1)
 
     # ---------------------------------------------------------------- capture ----------
@@ -455,10 +480,11 @@ class EnsembleTrainer:
         out += [(p, (0, *task_dims.get(n, ()))) for n, p in self.model.named_parameters()]
         if self.prefix_table is not None:
             out.append((self.prefix_table, (0, 1)))
-        out += [(t, (0,)) for t in self.med_pairs]
+        out += [(t, (0, 1)) for t in self.med_pairs]
         per_member = [self.n_train, self.n_val, self.member_idx, self.batch_weights]
         per_member += [self.stream_keys, self.lr, self.wd, self.stop_at]
         per_member += list(self.periods.values())
+        per_member += [self.position_weights] if self.seq else []
         out += [(t, (0,)) for t in per_member]
         return out
 
@@ -487,6 +513,13 @@ class EnsembleTrainer:
                 for t, dims in self._dynamic_dims():
                     for dim in dims:
                         torch._dynamo.maybe_mark_dynamic(t, dim)
+            if self.device.type == "cuda":
+                # Horizontal fusion of independent kernels (the per-parameter optimiser updates
+                # and bfloat16 weight casts): 327 -> 243 kernels a step. Small ensembles are
+                # bound by kernel latency: 6 members ran 17 % faster on an H100, 64 the same.
+                import torch._inductor.config as inductor_config
+
+                inductor_config.combo_kernels = True
             # fullgraph: a graph break would run eagerly and host-synchronise, silently
             train_fn = torch.compile(train_fn, dynamic=False, fullgraph=True)
             chunk_fn = torch.compile(chunk_fn, dynamic=False, fullgraph=True)
