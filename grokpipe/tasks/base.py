@@ -48,6 +48,13 @@ class TaskData:
         )
 
 
+def stack_padded(arrays: list[np.ndarray]) -> np.ndarray:
+    """Stack arrays whose first dims differ, padding each to the longest with copies of its own
+    first row: a row that already exists adds no new value (token, prefix) to its member."""
+    n = max(len(a) for a in arrays)
+    return np.stack([np.concatenate([a, np.repeat(a[:1], n - len(a), 0)]) for a in arrays])
+
+
 class Task(Protocol):
     """A registry entry: typed data config, dataset builder, splitter."""
 

@@ -25,7 +25,7 @@ from torch.fx.experimental import _config as fx_config
 
 from grokpipe.config.experiment import RunConfig
 from grokpipe.models import build_model
-from grokpipe.tasks.base import TaskData
+from grokpipe.tasks.base import TaskData, stack_padded
 from grokpipe.train import checkpoint as ckpt
 from grokpipe.train.losses import LOSSES, correct
 from grokpipe.train.optim import Hyper, apply_updates, init_state
@@ -187,16 +187,13 @@ class EnsembleTrainer:
         # Datasets may differ in their number of rows: each is padded to the largest with
         # copies of its first row, which is in neither split (masks 0), never sampled (it is not
         # in the training list) and adds no new prefix.
-        N = max(len(m.data) for m in members)
-
-        def stack(arrays):
-            return np.stack([np.concatenate([a, np.repeat(a[:1], N - len(a), 0)]) for a in arrays])
-
-        inputs = stack([m.data.inputs for m in members])  # [E, N, T], on the host
-        self.targets = torch.as_tensor(stack([m.data.targets for m in members])).to(dev)
+        inputs = stack_padded([m.data.inputs for m in members])  # [E, N, T], on the host
+        N = inputs.shape[1]
+        self.targets = torch.as_tensor(stack_padded([m.data.targets for m in members])).to(dev)
         self.seq_targets = None
         if self.seq:
-            self.seq_targets = torch.as_tensor(stack([m.data.seq_targets for m in members])).to(dev)
+            seq_targets = stack_padded([m.data.seq_targets for m in members])
+            self.seq_targets = torch.as_tensor(seq_targets).to(dev)
             T_out = self.seq_targets.shape[-1]
             weights = np.zeros((E, T_out), np.float32)
             for i, m in enumerate(members):

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from grokpipe.tasks.base import stack_padded
+
 
 @dataclass(frozen=True)
 class PrefixPlan:
@@ -27,9 +29,7 @@ def prefix_plan(inputs: np.ndarray, length: int) -> PrefixPlan:
     per_member = [np.unique(rows[:, :length], axis=0, return_inverse=True) for rows in inputs]
     tables = [table for table, _ in per_member]
     index = np.stack([inverse.reshape(-1) for _, inverse in per_member])
-    U = max(len(t) for t in tables)
-    padded = np.stack([np.concatenate([t, np.repeat(t[:1], U - len(t), 0)]) for t in tables])
-    return PrefixPlan(length, padded, index)
+    return PrefixPlan(length, stack_padded(tables), index)
 
 
 def plan_prefix(inputs: np.ndarray, batch: int) -> PrefixPlan | None:
