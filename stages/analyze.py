@@ -9,6 +9,7 @@ parts stay separate modules, and each can still be run alone (`python -m stages.
 
 from __future__ import annotations
 
+import multiprocessing
 import sys
 
 from grokpipe.analysis.toyparams import fit_config
@@ -21,11 +22,23 @@ from stages.toyfit import fit_toy_model
 
 
 def analyze(exp: Experiment, params: dict) -> None:
-    """Metrics, then the figures that read them, then the toy-model fits."""
+    """Metrics, then the figures that read them beside the toy-model fits.
+
+    The fits read only the runs, so they run in a forked process while the figures are drawn:
+    both are CPU-bound for seconds per experiment (~200 fits for the fraction sweep) and each
+    uses a pool of processes, which on the GPU machine's 16 cores overlap rather than queue."""
     fit = fit_config(params)  # a bad toy_model.fit key fails before anything is written
     evaluate(exp, params.get("preset", "full"))
-    render(exp)
-    fit_toy_model(exp.name, fit)
+    fitting = multiprocessing.get_context("fork").Process(
+        target=fit_toy_model, args=(exp.name, fit), name=f"toyfit {exp.name}"
+    )
+    fitting.start()
+    try:
+        render(exp)
+    finally:
+        fitting.join()
+    if fitting.exitcode != 0:
+        raise SystemExit(f"error: the toy-model fits of {exp.name!r} failed (see above)")
 
 
 @stage_main
