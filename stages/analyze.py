@@ -1,8 +1,8 @@
 """Stage `analyze@<experiment>`: everything computed from an experiment's trained runs, in one
-process: grokking metrics and learning curves (`stages.evaluate`), the experiment's figures
+stage: grokking metrics and learning curves (`stages.evaluate`), the experiment's figures
 (`stages.figures`) and the toy-model fits (`stages.toyfit`).
 
-One stage rather than three because each stage is a new Python process and a DVC lock update:
+One stage rather than three because each stage starts Python afresh and updates the DVC lock:
 on the GPU machine that overhead was 5-10 s per stage, a fifth of the analysis time. The three
 parts stay separate modules, and each can still be run alone (`python -m stages.figures X`).
 """
