@@ -274,11 +274,12 @@ class EnsembleTrainer:
             [t if t is not None else math.inf for t in thresholds], device=dev
         )
         self.active = torch.ones(E, device=dev)
+        # [E, n_params]: each member's update period per parameter (0: frozen), in the order
+        # of `params`; with one schedule for every parameter the optimiser takes [E] gates
         periods = [resolve_layer_periods(self.model, m.config.train.layers) for m in members]
-        self.periods = {
-            n: torch.tensor([p[n] for p in periods], dtype=torch.int64, device=dev)
-            for n in self.params
-        }
+        table = [[p[n] for n in self.params] for p in periods]
+        self.periods = torch.tensor(table, dtype=torch.int64, device=dev)
+        self.uniform_schedule = all(len(set(row)) == 1 for row in table)
         gf = tc.grokfast
         self.hyper = Hyper(
             tc.betas,
@@ -327,6 +328,7 @@ class EnsembleTrainer:
             "prefix_len": self.prefix_len,
             "seq_len": self.model_inputs.shape[-1],
             "sequence_loss": self.seq,
+            "uniform_schedule": self.uniform_schedule,
             "dynamic_sizes": self.opts.dynamic_sizes,
             "device": str(self.device),
         }
@@ -359,10 +361,10 @@ class EnsembleTrainer:
     def _train_step(self):
         grads, _ = self._grad(self.params, *self._batch())
         t = self.step + 1
-        gates = {}
-        for name, period in self.periods.items():
-            due = (torch.remainder(t, period.clamp(min=1)) == 0) & (period > 0)
-            gates[name] = due.to(self.active.dtype) * self.active
+        due = (torch.remainder(t, self.periods.clamp(min=1)) == 0) & (self.periods > 0)
+        gates = due.to(self.active.dtype) * self.active.unsqueeze(1)
+        if self.uniform_schedule:
+            gates = gates[:, 0]
         apply_updates(
             self.cfg.train.optimizer,
             self.params,
@@ -480,7 +482,7 @@ class EnsembleTrainer:
         out += [(t, (0, 1)) for t in self.med_pairs]
         per_member = [self.n_train, self.n_val, self.member_idx, self.batch_weights]
         per_member += [self.stream_keys, self.lr, self.wd, self.stop_at]
-        per_member += list(self.periods.values())
+        per_member += [self.periods]
         per_member += [self.position_weights] if self.seq else []
         out += [(t, (0,)) for t in per_member]
         return out
