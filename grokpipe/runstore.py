@@ -15,7 +15,6 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from grokpipe.config.experiment import Experiment
 from grokpipe.io import atomic_dir
@@ -49,6 +48,8 @@ def write(path: str | Path, exp: Experiment, results: dict, timings: list[dict])
         history.to_csv(tmp / "history.tsv", sep="\t", index=False, float_format="%.6g")
         (tmp / "timing.json").write_text(json.dumps(timings, indent=1))
         if exp.options.save_weights:
+            import torch  # here only: the analysis stages read runs without torch
+
             (tmp / "weights").mkdir()
             for run in exp.runs:
                 torch.save(results[run.run_id].final_params, tmp / "weights" / f"{run.run_id}.pt")
@@ -71,5 +72,8 @@ def read_timing(path: str | Path) -> list[dict]:
     return json.loads((Path(path) / "timing.json").read_text())
 
 
-def load_weights(path: str | Path, run_id: str) -> dict[str, torch.Tensor]:
+def load_weights(path: str | Path, run_id: str) -> dict:
+    """A run's final weights, {parameter name: tensor}."""
+    import torch
+
     return torch.load(Path(path) / "weights" / f"{run_id}.pt", weights_only=True)

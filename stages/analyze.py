@@ -44,7 +44,7 @@ def analyze(exp: Experiment, params: dict) -> None:
 @stage_main
 def main(name: str) -> None:
     params = load_params()
-    analyze(check_experiment(params, name), params)
+    analyze(check_experiment(params, name, models=False), params)
 
 
 if __name__ == "__main__":

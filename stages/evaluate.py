@@ -37,7 +37,7 @@ def evaluate(exp: Experiment, preset: str) -> dict:
 @stage_main
 def main(name: str) -> None:
     params = load_params()
-    evaluate(check_experiment(params, name), params.get("preset", "full"))
+    evaluate(check_experiment(params, name, models=False), params.get("preset", "full"))
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def draw(kinds: list[str], ctx: FigureContext) -> list:
 
 @stage_main
 def main(name: str) -> None:
-    render(check_experiment(load_params(), name))
+    render(check_experiment(load_params(), name, models=False))
 
 
 if __name__ == "__main__":

@@ -342,3 +342,17 @@ def test_stage_with_good_params_writes_its_output(tmp_path, monkeypatch):
     assert manifest.is_file()
     assert '"run_id": "r0000"' in manifest.read_text()
     assert not (tmp_path / "data" / "datasets" / "e.partial").exists()
+
+
+def test_reading_configs_and_analysing_runs_imports_no_torch():
+    """The analysis stages read configs and finished runs only: importing torch would cost
+    each of them ~1.5-2 s, fourteen times a pipeline."""
+    code = (
+        "import sys, stages.analyze, stages.evaluate, stages.figures, stages.toyfit, "
+        "grokpipe.config.validate; "
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"

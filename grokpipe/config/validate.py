@@ -6,8 +6,6 @@ layer-schedule names that the model lacks, unknown figure kinds, a bad `engine` 
 
 from __future__ import annotations
 
-import torch
-
 from grokpipe.config.experiment import Experiment, load_experiment
 from grokpipe.config.schema import ConfigError, from_dict
 
@@ -18,16 +16,19 @@ def engine_config(params: dict):
     return from_dict(EngineConfig, params.get("engine"), "engine")
 
 
-def check_experiment(params: dict, name: str, section: str = "experiments") -> Experiment:
+def check_experiment(
+    params: dict, name: str, section: str = "experiments", models: bool = True
+) -> Experiment:
     """Load and fully validate one experiment; raises ConfigError naming the bad key.
 
     Only a stage that declares the source experiment's runs as a dependency may start runs
-    from their weights, so `train.init_from` must stay "scratch" under `experiments`."""
+    from their weights, so `train.init_from` must stay "scratch" under `experiments`.
+
+    `models=False` leaves out what needs a built model (layer-schedule names): the stages
+    that read finished runs, whose training stage checked it, then never import torch."""
     from grokpipe.analysis import ANALYSES
     from grokpipe.figures import FIGURES
-    from grokpipe.models import build_model
     from grokpipe.tasks import TASKS
-    from grokpipe.train.schedules import resolve_layer_periods
 
     exp = load_experiment(params, name, section)
     key = f"experiments.{name}" if section == "experiments" else section
@@ -49,7 +50,18 @@ def check_experiment(params: dict, name: str, section: str = "experiments") -> E
             raise ConfigError(
                 f"{key}.analyses[{i}]", f"unknown analysis {kind!r} (known: {', '.join(ANALYSES)})"
             )
-    task = TASKS[exp.task]
+    if models:
+        _check_models(exp, TASKS[exp.task], key)
+    return exp
+
+
+def _check_models(exp: Experiment, task, key: str) -> None:
+    """Build each distinct model once, to check the layer names its schedules use."""
+    import torch
+
+    from grokpipe.models import build_model
+    from grokpipe.train.schedules import resolve_layer_periods
+
     checked = set()
     for run in exp.runs:
         cfg = run.config
@@ -63,4 +75,3 @@ def check_experiment(params: dict, name: str, section: str = "experiments") -> E
         with torch.device("cpu"):
             model = build_model(cfg.model_name, cfg.model, info, 1)
         resolve_layer_periods(model, cfg.train.layers, f"{key}.train.layers")
-    return exp

@@ -8,7 +8,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
-import torch
 
 from grokpipe.figures.context import FigureContext
 from grokpipe.figures.style import SPLIT_COLORS, SPLIT_NAMES, mean_sd_line, save, wrap
@@ -171,6 +170,8 @@ def fraction_sweep(ctx: FigureContext) -> list:
 def value_counts(ctx: FigureContext) -> list:
     """Seed 002: per operation, the histogram of result values and the table's symmetry
     (share of pairs with a∘b = b∘a), against how fast the operation groks."""
+    import torch  # the datasets file; only this figure needs torch
+
     from grokpipe.tasks.arithmetic_task import symmetry_score
     from grokpipe.tasks.base import TaskData
 

@@ -9,31 +9,11 @@ Token inputs are recognised by the task's `vocab_size`; feature inputs by `input
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 
-from grokpipe.config.schema import check
 from grokpipe.models.base import EnsembleModel, Tensor, torch_linear_init, xavier_uniform
-
-
-@dataclass(frozen=True)
-class MLPConfig:
-    hidden: list[int] = field(default_factory=lambda: [512, 512])
-    d_embed: int = 128
-    activation: Literal["relu", "gelu", "tanh"] = "relu"
-    init: Literal["torch", "xavier"] = "torch"
-    bias: bool = True
-    init_scale: float = 1.0
-
-    def validate(self, key: str) -> None:
-        check(len(self.hidden) >= 1, f"{key}.hidden", "needs at least one hidden layer")
-        check(all(h >= 1 for h in self.hidden), f"{key}.hidden", "widths must be positive")
-        check(self.d_embed >= 1, f"{key}.d_embed", "must be positive")
-        check(self.init_scale > 0, f"{key}.init_scale", "must be positive")
-
+from grokpipe.models.configs import MLPConfig
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh}
 

@@ -11,38 +11,11 @@ padding at this length); under torch.compile it fuses into a handful of kernels.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 
-from grokpipe.config.schema import check
 from grokpipe.models.base import EnsembleModel, Tensor, bmm, torch_linear_init
-
-
-@dataclass(frozen=True)
-class TransformerConfig:
-    n_layers: int = 2
-    d_model: int = 128
-    n_heads: int = 4
-    d_ff: int = 512
-    layernorm: bool = True
-    activation: Literal["gelu", "relu"] = "gelu"
-    init_scale: float = 1.0
-
-    def validate(self, key: str) -> None:
-        check(self.n_layers >= 1, f"{key}.n_layers", "must be at least 1")
-        check(self.d_model >= 1, f"{key}.d_model", "must be positive")
-        check(self.n_heads >= 1, f"{key}.n_heads", "must be positive")
-        check(
-            self.d_model % self.n_heads == 0,
-            f"{key}.n_heads",
-            f"must divide d_model ({self.d_model})",
-        )
-        check(self.d_ff >= 1, f"{key}.d_ff", "must be positive")
-        check(self.init_scale > 0, f"{key}.init_scale", "must be positive")
-
+from grokpipe.models.configs import TransformerConfig
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
 
