@@ -20,7 +20,10 @@ export PYTHONPATH=/tmp/site:$W PATH=/tmp/bin:/tmp/site/bin:$PATH PYTHONUNBUFFERE
 
 case "${1:-}" in
 start)
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  # once per machine: a second install into the same target prints a warning per package,
+  # enough to push an earlier command's results out of a device call's output tail
+  python3 -c "import dvc" 2>/dev/null ||
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
   # grokpipe's own dependencies that the GPU image may lack travel in .whl too
   python3 -c "import threadpoolctl" || {
     echo "threadpoolctl missing: add its wheel (pip download --no-deps threadpoolctl -d .whl)" >&2
