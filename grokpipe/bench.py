@@ -219,6 +219,12 @@ def main(argv=None) -> None:
     if cuda:  # the reference loop must run at the engine's matmul precision too
         torch.set_float32_matmul_precision("high" if args.precision == "tf32" else "highest")
     skip = set(filter(None, args.skip.split(",")))
+    out = Path(args.out)
+
+    def save() -> None:
+        """Written after every measurement: a run cut short by a time limit keeps its parts."""
+        out.write_text(json.dumps(report, indent=1))
+
     report = {
         "device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
         "torch": torch.__version__,
@@ -228,20 +234,23 @@ def main(argv=None) -> None:
     if "ref" not in skip:
         report["reference"] = bench_reference(dev, args.steps)
         print("reference", report["reference"], flush=True)
+        save()
     report["engine"] = []
     if "single" not in skip:
         report["engine"].append(bench_engine(dev, 1, args.steps, opts, args.precision))
         print("engine x1", report["engine"][-1], flush=True)
+        save()
     if "sizes" not in skip:
         for size in [int(s) for s in args.sizes.split(",") if s]:
             steps = max(200, args.steps // max(1, size // 8))
             report["engine"].append(bench_engine(dev, size, steps, opts, args.precision))
             print(f"engine x{size}", report["engine"][-1], flush=True)
+            save()
     if "grok" not in skip:
         report["time_to_grok"] = bench_time_to_grok(dev, opts, args.grok_budget, args.precision)
     if args.multi_gpu:
         report["multi_gpu"] = bench_multi_gpu(args.multi_steps, args.multi_members, args.precision)
-    Path(args.out).write_text(json.dumps(report, indent=1))
+    save()
     print_table(report)
 
 
