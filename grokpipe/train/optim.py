@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from grokpipe.models.base import member_view
+
 Tensor = torch.Tensor
 
 
@@ -80,11 +82,10 @@ class PerParam:
         self.uniform = uniform
 
     def __call__(self, coef: Tensor) -> list[Tensor]:
-        E = coef.shape[0]
         if self.uniform:
-            views = {r: coef.reshape(E, *[1] * (r - 1)) for r in set(self.ranks)}
+            views = {r: member_view(coef, r) for r in set(self.ranks)}
             return [views[r] for r in self.ranks]
-        return [coef[:, i].reshape(E, *[1] * (r - 1)) for i, r in enumerate(self.ranks)]
+        return [member_view(coef[:, i], r) for i, r in enumerate(self.ranks)]
 
 
 def _gated(gate: Tensor, on, off: float) -> Tensor:
