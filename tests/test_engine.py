@@ -240,6 +240,12 @@ def test_later_ensembles_of_one_model_reuse_the_compiled_step(monkeypatch):
     base = EnsembleTrainer(members_from_block(block({"seed": [0, 1, 2]})), opts)
     other_task = {**block({"seed": [3, 4]}, weight_decay=0.3), "data": {"op": "x/y", "p": 13}}
     same = [base.subset([0, 2]), EnsembleTrainer(members_from_block(other_task), opts)]
+    # another step budget, checkpoint period or evaluation schedule: the same graphs
+    same.append(
+        EnsembleTrainer(
+            members_from_block(block({"seed": [1]}, steps=50, every=5, checkpoint_every=25)), opts
+        )
+    )
     assert {t._compile_key() for t in same} == {base._compile_key()}
     changed = EnsembleTrainer(members_from_block(block({"seed": [0]}, betas=[0.9, 0.99])), opts)
     assert changed._compile_key() != base._compile_key()

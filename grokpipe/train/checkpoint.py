@@ -11,6 +11,17 @@ from pathlib import Path
 import torch
 
 
+def code_version() -> str:
+    """Hash of the engine, model and task source: a checkpoint (or a saved compiled step)
+    never outlives a code change."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha1()
+    for sub in ("train", "models", "tasks"):
+        for f in sorted((root / sub).glob("*.py")):
+            h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def fingerprint(items) -> str:
     return hashlib.sha1(json.dumps(items, sort_keys=True).encode()).hexdigest()[:20]
 

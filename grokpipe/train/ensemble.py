@@ -27,6 +27,7 @@ from grokpipe.config.experiment import RunConfig
 from grokpipe.models import build_model
 from grokpipe.tasks.base import TaskData, stack_padded
 from grokpipe.train import checkpoint as ckpt
+from grokpipe.train import precompiled
 from grokpipe.train.losses import LOSSES, correct
 from grokpipe.train.optim import Hyper, apply_updates, init_state
 from grokpipe.train.prefix import plan_prefix
@@ -70,6 +71,8 @@ class EngineOptions:
     stop_check_every: int = 8  # evaluations between host checks for "every member stopped"
     share_prefixes: bool = True  # compute shared sequence prefixes once (same function)
     dynamic_sizes: bool = True  # compile ensemble and task sizes as dynamic (cache reuse)
+    # load the compiled step saved by an earlier process instead of tracing it (`precompiled`)
+    precompiled: bool = True
 
 
 @dataclass
@@ -87,6 +90,8 @@ class Timing:
     train_s: float = 0.0
     steps: int = 0
     model_steps: int = 0
+    # per compiled function: "traced" here, or loaded from "disk" / "memory" (`precompiled`)
+    compiled_from: dict[str, str] = field(default_factory=dict)
 
 
 def _shared_settings(cfg: RunConfig) -> dict:
@@ -335,7 +340,15 @@ class EnsembleTrainer:
             "dynamic_sizes": self.opts.dynamic_sizes,
             "device": str(self.device),
         }
-        return repr((sorted(_shared_settings(self.cfg).items()), sorted(static.items())))
+        shared = _shared_settings(self.cfg)
+        # the step budget, the checkpoint period and the evaluation schedule are not in the
+        # graphs (the history's length is a dynamic size): experiments that differ only there
+        # share one compiled step
+        shared["train"] = {
+            k: v for k, v in shared["train"].items() if k not in ("steps", "checkpoint_every")
+        }
+        shared.pop("eval")
+        return repr((sorted(shared.items()), sorted(static.items())))
 
     def _model_kwargs(self, rows_prefix):
         if self.prefix_table is None:
@@ -382,9 +395,14 @@ class EnsembleTrainer:
         self.step.add_(1)
 
     # ---------------------------------------------------------------- evaluation -------
-    @torch.no_grad()
     def _eval_chunk(self, c: torch.Tensor) -> None:
         """Add one chunk's train/validation loss and accuracy sums to `eval_sums`."""
+        # `no_grad` inside, not as a decorator: a decorated method loses its `self` parameter,
+        # and a saved compiled function takes the ensemble as its first argument
+        with torch.no_grad():
+            self._eval_chunk_sums(c)
+
+    def _eval_chunk_sums(self, c: torch.Tensor) -> None:
         rows = self.eval_rows.index_select(0, c).squeeze(0)
         x = self.model_inputs[:, rows]
         prefix = None if self.row_prefix is None else self.row_prefix[:, rows]
@@ -490,6 +508,45 @@ class EnsembleTrainer:
         out += [(t, (0,)) for t in per_member]
         return out
 
+    def _mark_dynamic(self) -> None:
+        """Sizes that vary between ensembles of one model are compiled as dynamic (see
+        `_dynamic_dims`), so one compiled step serves every ensemble of the model."""
+        if self.opts.dynamic_sizes:
+            for t, dims in self._dynamic_dims():
+                for dim in dims:
+                    torch._dynamo.maybe_mark_dynamic(t, dim)
+
+    def _precompiled_functions(self):
+        """The step and the evaluation chunk, loaded from a previous process's compile when
+        one fits this ensemble (`precompiled`), else traced, compiled and saved."""
+        backend = self.opts.compile_backend
+        out = []
+        for name, method, args in (
+            ("train_step", self._train_step, ()),
+            ("eval_chunk", self._eval_chunk, (self.eval_chunks[0],)),
+        ):
+            key = precompiled.entry_key(name, self._compile_key(), backend, self.device)
+            fn, source = precompiled.compiled_method(method, args, key, backend, self._mark_dynamic)
+            self.timing.compiled_from[name] = source
+            out.append(fn)
+        return out
+
+    def _traced_functions(self):
+        """The step and the evaluation chunk compiled by dynamo in this process (the path
+        when saved functions are off or this torch cannot save them)."""
+        # In this process a later ensemble with the same settings (a shrunk one, the next job)
+        # reuses the traced graphs outright, thanks to dynamic sizes; graphs of static sizes
+        # fit one ensemble only: reusing them would only pile up recompiles, so a static-size
+        # compile always starts afresh.
+        _reset_dynamo_unless_reusable(self._compile_key() if self.opts.dynamic_sizes else None)
+        self._mark_dynamic()
+        backend = self.opts.compile_backend
+        # fullgraph: a graph break would run eagerly and host-synchronise, silently
+        train_fn = torch.compile(self._train_step, backend=backend, dynamic=False, fullgraph=True)
+        chunk_fn = torch.compile(self._eval_chunk, backend=backend, dynamic=False, fullgraph=True)
+        self.timing.compiled_from = {"train_step": "traced", "eval_chunk": "traced"}
+        return train_fn, chunk_fn
+
     def prepare(self) -> None:
         """Compile and capture (on CUDA); time spent here is reported as compile time."""
         if self._prepared:
@@ -497,14 +554,15 @@ class EnsembleTrainer:
         t0 = time.perf_counter()
         train_fn, chunk_fn, finish_fn = self._train_step, self._eval_chunk, self._eval_finish
         if self.opts.compile:
-            # Sizes that vary between ensembles of one model are compiled as dynamic (see
-            # `_dynamic_dims`): in this process a later ensemble with the same settings (a
-            # shrunk one, the next job) reuses the traced graphs outright; in another process
-            # it hits inductor's on-disk cache (measured on CPU: 178 s cold, 16-20 s for
-            # another member count or task from the cache).
-            # graphs of static sizes fit one ensemble only: reusing them would only pile up
-            # recompiles, so a static-size compile always starts afresh
-            _reset_dynamo_unless_reusable(self._compile_key() if self.opts.dynamic_sizes else None)
+            if self.device.type == "cuda":
+                import torch._inductor.config as inductor_config
+
+                # Not `combo_kernels` (horizontal fusion, +17 % for 6 members, +0 % for 64):
+                # on torch 2.11 an ensemble of one run of a small transformer compiled a
+                # combined kernel that failed with an unspecified launch failure on an H100
+                # (tests/test_engine_cuda.py, eighth session), which could as well have been
+                # a silent out-of-bounds read.
+                inductor_config.combo_kernels = False
             if self.opts.dynamic_sizes:
                 # no "duck" sizes: equal sizes that happen to coincide (say members and
                 # classes) must not become one symbol, or the graph only fits that coincidence
@@ -512,20 +570,10 @@ class EnsembleTrainer:
                 # the model's own parameters are traced too (functional_call swaps them):
                 # their member and task dims vary like the other tensors'
                 torch._dynamo.config.force_parameter_static_shapes = False
-                for t, dims in self._dynamic_dims():
-                    for dim in dims:
-                        torch._dynamo.maybe_mark_dynamic(t, dim)
-            if self.device.type == "cuda":
-                # Horizontal fusion of independent kernels (the per-parameter optimiser updates
-                # and bfloat16 weight casts): 327 -> 243 kernels a step. Small ensembles are
-                # bound by kernel latency: 6 members ran 17 % faster on an H100, 64 the same.
-                import torch._inductor.config as inductor_config
-
-                inductor_config.combo_kernels = True
-            # fullgraph: a graph break would run eagerly and host-synchronise, silently
-            backend = self.opts.compile_backend
-            train_fn = torch.compile(train_fn, backend=backend, dynamic=False, fullgraph=True)
-            chunk_fn = torch.compile(chunk_fn, backend=backend, dynamic=False, fullgraph=True)
+            if self.opts.precompiled and precompiled.available():
+                train_fn, chunk_fn = self._precompiled_functions()
+            else:
+                train_fn, chunk_fn = self._traced_functions()
             # `finish_fn` stays eager: a few dozen small ops once per evaluation, replayed from
             # the CUDA graph on a GPU; compiling it cost a third trace (~1-2.6 s a stage)
 
@@ -601,9 +649,16 @@ class EnsembleTrainer:
 
     def rebuild_estimate_s(self) -> float:
         """Seconds to continue in a smaller ensemble (`subset`): its setup, plus either a
-        compile like this one's or, when dynamo still holds this ensemble's graphs (the same
-        key, dynamic sizes), only CUDA-graph capture, taken as one second."""
-        reusable = self.opts.compile and _compiled_key == self._compile_key()
+        compile like this one's or, when this process holds this ensemble's compiled step
+        (the same key, dynamic sizes), only CUDA-graph capture, taken as one second."""
+        if not self.opts.compile:
+            reusable = False
+        elif self.opts.precompiled and precompiled.available():
+            backend = self.opts.compile_backend
+            key = precompiled.entry_key("train_step", self._compile_key(), backend, self.device)
+            reusable = precompiled.has_in_memory(key)
+        else:
+            reusable = _compiled_key == self._compile_key()
         return self.timing.setup_s + (1.0 if reusable else self.timing.compile_s)
 
     def active_members(self) -> list[int]:

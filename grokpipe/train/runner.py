@@ -11,7 +11,6 @@ re-run after a crash skips finished jobs and resumes the others from their check
 
 from __future__ import annotations
 
-import hashlib
 import os
 import traceback
 from collections import defaultdict
@@ -98,16 +97,6 @@ class Job:
         return len(self.members) * cfg.train.steps
 
 
-def _code_version() -> str:
-    """Hash of the engine, model and task source: a checkpoint never outlives a code change."""
-    root = Path(__file__).resolve().parents[1]
-    h = hashlib.sha1()
-    for sub in ("train", "models", "tasks"):
-        for f in sorted((root / sub).glob("*.py")):
-            h.update(f.read_bytes())
-    return h.hexdigest()[:12]
-
-
 def plan_jobs(
     members: list[Member], max_members: int, n_devices: int, label: str, keep_params: set[str]
 ) -> list[Job]:
@@ -127,7 +116,7 @@ def plan_jobs(
         big = chunks.pop(0)
         half = -(-len(big) // 2)
         chunks += [big[:half], big[half:]]
-    version = _code_version()
+    version = ckpt.code_version()
     jobs = []
     for chunk in chunks:
         ident = ckpt.fingerprint([version] + [m.identity() for m in chunk])
@@ -224,6 +213,8 @@ def _run_job(job: Job, opts: EngineOptions, checkpoint_dir: Path, device_name: s
             k: sum(t[k] for t in timings)
             for k in ("setup_s", "compile_s", "train_s", "model_steps")
         },
+        # where each ensemble's compiled functions came from: traced, or a saved one loaded
+        "compiled_from": [t["compiled_from"] for t in timings],
     }
     out = {
         "fingerprint": job.job_id,

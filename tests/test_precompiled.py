@@ -1,0 +1,136 @@
+"""Saved compiled steps (`grokpipe.train.precompiled`): a later process loads the step an
+earlier one compiled instead of tracing it, and computes what the eager step computes; a saved
+step whose guards do not hold for an ensemble is never used.
+
+Compiled with the "aot_eager" backend (AOTAutograd without kernel generation): the same
+tracing, saving and loading as inductor on a GPU, in seconds on a CPU."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from grokpipe.train import precompiled
+from grokpipe.train.ensemble import EngineOptions, EnsembleTrainer
+from grokpipe.train.members import members_from_block
+
+ROOT = Path(__file__).resolve().parents[1]
+OPTS = EngineOptions(progress=False, compile=True, compile_backend="aot_eager")
+
+pytestmark = pytest.mark.skipif(not precompiled.available(), reason="torch cannot save steps")
+
+
+def block(grid, p=13, steps=30):
+    return {
+        "task": "arithmetic",
+        "data": {"op": "x+y", "p": p},
+        "model": {"family": "transformer", "n_layers": 1, "d_model": 32, "n_heads": 4, "d_ff": 64},
+        "train": {"steps": steps, "batch_size": 32},
+        "eval": {"every": 10, "log_points": 0},
+        "grid": grid,
+    }
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A store holding the step and evaluation of a 3-run ensemble, compiled once."""
+    root = tmp_path_factory.mktemp("inductor")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCHINDUCTOR_CACHE_DIR", str(root))
+        precompiled.clear_memory()
+        t, _ = run(members_from_block(block({"seed": [0, 1, 2]})))
+        precompiled.clear_memory()
+    assert t.timing.compiled_from == {"train_step": "traced", "eval_chunk": "traced"}
+    return root
+
+
+@pytest.fixture
+def store(saved, tmp_path, monkeypatch):
+    """A copy of the saved store, and no functions in memory: a later process's view."""
+    shutil.copytree(saved, tmp_path, dirs_exist_ok=True)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    precompiled.clear_memory()
+    yield tmp_path / "grokpipe_precompiled"
+    precompiled.clear_memory()
+
+
+def run(members, opts=OPTS):
+    t = EnsembleTrainer(members, opts)
+    assert t.run() == "done"
+    return t, np.stack([r.metrics["train_loss"] for r in t.results()])
+
+
+def test_a_new_process_loads_the_saved_step_and_matches_eager(store):
+    assert len(list(store.rglob("*.bin"))) == 2
+
+    # another process: other seeds, ensemble size, task size and step budget (the batch size
+    # is the same: min(32, n_train / 2) is a constant of the graph, and of the key)
+    code = f"""
+import json, numpy as np
+from grokpipe.train.ensemble import EngineOptions, EnsembleTrainer
+from grokpipe.train.members import members_from_block
+block = json.loads({json.dumps(block({"seed": [5, 6]}, p=17, steps=40))!r})
+opts = EngineOptions(progress=False, compile=True, compile_backend="aot_eager")
+t = EnsembleTrainer(members_from_block(block), opts)
+t.run()
+loss = [r.metrics["train_loss"].tolist() for r in t.results()]
+print(json.dumps({{"from": t.timing.compiled_from, "loss": loss}}))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["from"] == {"train_step": "disk", "eval_chunk": "disk"}
+    later = members_from_block(block({"seed": [5, 6]}, p=17, steps=40))
+    _, eager = run(later, EngineOptions(progress=False))
+    np.testing.assert_allclose(np.array(got["loss"]), eager, rtol=1e-5)
+
+
+def test_a_step_whose_guards_fail_is_traced_again_and_saved_beside(store):
+    """An ensemble of one run specialises its sizes of 1: the saved many-member step fails
+    its guards for it, so it gets a step of its own, and both stay usable."""
+    members = members_from_block(block({"seed": [0, 1, 2]}))
+    alone, loss = run(members[1:2])
+    assert alone.timing.compiled_from["train_step"] == "traced"
+    _, eager = run(members[1:2], EngineOptions(progress=False))
+    np.testing.assert_allclose(loss, eager, rtol=1e-5)
+    precompiled.clear_memory()
+    again, _ = run(members[:2])
+    assert again.timing.compiled_from == {"train_step": "disk", "eval_chunk": "disk"}
+    assert run(members[2:])[0].timing.compiled_from["train_step"] == "memory"
+
+
+def test_an_unreadable_entry_is_reported_and_passed_over(store, caplog):
+    for folder in store.iterdir():
+        (folder / "0-torn.bin").write_bytes(b"not a compiled function")  # listed first
+    members = members_from_block(block({"seed": [3, 4]}))
+    with caplog.at_level(logging.WARNING, logger="grokpipe.train.precompiled"):
+        t, loss = run(members)
+    assert "is unusable" in caplog.text
+    assert t.timing.compiled_from == {"train_step": "disk", "eval_chunk": "disk"}
+    _, eager = run(members, EngineOptions(progress=False))
+    np.testing.assert_allclose(loss, eager, rtol=1e-5)
+
+
+def test_entries_are_keyed_by_what_the_guards_cannot_see():
+    """Settings baked into the graph but guarded through closures or module identity (here
+    the optimiser's betas, and the engine's source) change the entry key."""
+    a = EnsembleTrainer(members_from_block(block({"seed": [0]})), OPTS)
+    other = block({"seed": [0]})
+    other["train"]["betas"] = [0.9, 0.99]
+    b = EnsembleTrainer(members_from_block(other), OPTS)
+    key = precompiled.entry_key
+    assert key("train_step", a._compile_key(), "aot_eager", a.device) != key(
+        "train_step", b._compile_key(), "aot_eager", b.device
+    )
+    assert key("train_step", a._compile_key(), "aot_eager", a.device) != key(
+        "eval_chunk", a._compile_key(), "aot_eager", a.device
+    )
