@@ -94,6 +94,8 @@ def bench_engine(
         "steps": t.steps,
         "seconds": t.train_s,
         "compile_seconds": t.compile_s,
+        # "traced" in this process, or a step an earlier process saved ("disk", "memory")
+        "compiled_from": t.compiled_from.get("train_step", "eager"),
         "steps_per_s": t.steps / t.train_s,
         "model_steps_per_s": members * t.steps / t.train_s,
         "peak_gib": _peak_gib(device),
@@ -165,9 +167,9 @@ def bench_multi_gpu(steps: int, members: int, precision: str) -> dict:
     """Two ensembles (x/y mod 97 and S5) through the runner: one GPU (both jobs in turn) vs
     every GPU (one job each).
 
-    Each measurement runs as a pipeline train stage does: a fresh process that compiles from a
-    warm on-disk cache (a short warm-up run fills it first). One GPU trains in that process;
-    several GPUs add one worker process per GPU, each compiling from the cache. Timed from the
+    Each measurement runs as a pipeline train stage does: a fresh process that loads the step
+    a short warm-up run compiled and saved (`precompiled`). One GPU trains in that process;
+    several GPUs add one worker process per GPU, each loading the saved step. Timed from the
     call into the runner to its return, so both pay their own compiles, neither the imports."""
     ctx = torch.multiprocessing.get_context("spawn")
     out = {}
@@ -265,7 +267,7 @@ def print_table(r: dict) -> None:
         print(
             f"engine x{e['members']:<4d} {e['steps_per_s']:10.1f} steps/s "
             f"{e['model_steps_per_s']:11.1f} model-steps/s{speed}{mem}"
-            f"  (compile {e['compile_seconds']:.1f} s)"
+            f"  (compile {e['compile_seconds']:.1f} s, {e.get('compiled_from', 'traced')})"
         )
     g = r.get("time_to_grok")
     if g:
