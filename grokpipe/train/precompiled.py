@@ -2,9 +2,11 @@
 
 Every DVC train stage is a new process. Inductor's on-disk cache spares it the kernel
 compilation, but not dynamo's and AOTAutograd's tracing of the step, which is most of a warm
-compile (10-25 s a stage on the GPU host, fourteen train stages). torch's AOT precompile
+compile (20-28 s a stage on the GPU host, fourteen train stages). torch's AOT precompile
 (`torch.compile(fn).aot_compile(...)`, experimental in torch 2.11-2.13) saves the traced and
-compiled function itself; loading it takes ~2 s.
+compiled function itself. On an H100 a later process had its step loaded and captured as a
+CUDA graph in 5.0 s, against 20.8 s to trace it (BENCHMARKS.md, eighth session). Where torch
+lacks the API (`available()`), the engine traces in each process as before.
 
 What keeps a loaded function honest:
 - it keeps dynamo's guards on tensor dtypes, ranks, strides and the symbolic relations between
@@ -12,9 +14,10 @@ What keeps a loaded function honest:
   engine checks them against the ensemble before it first uses the function, and a function
   whose guards fail is never called: the engine traces afresh and saves another entry (an
   ensemble of one run, whose sizes of 1 are specialised, gets its own);
-- guards that cannot be saved (closures, module and type identity) are dropped; what they
-  protected is in the entry's key: the engine's compile key (model, settings, static sizes),
-  grokpipe's engine/model/task source, torch's version, the device and the matmul precision.
+- guards that cannot be saved (closures, function defaults, module and type identity) are
+  dropped; what they protected is in the entry's key: the engine's compile key (model,
+  settings, static sizes), grokpipe's engine/model/task source, torch's version, the device
+  and the matmul precision.
 
 Entries live in `<inductor cache dir>/grokpipe_precompiled/` (`TORCHINDUCTOR_CACHE_DIR` moves
 both), beside the kernels they were built from.
