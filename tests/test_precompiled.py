@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -134,3 +136,19 @@ def test_entries_are_keyed_by_what_the_guards_cannot_see():
     assert key("train_step", a._compile_key(), "aot_eager", a.device) != key(
         "eval_chunk", a._compile_key(), "aot_eager", a.device
     )
+
+
+def test_entries_unused_for_a_month_are_pruned_when_a_new_one_is_saved(store):
+    kept = sorted(store.glob("*/*.bin"))
+    stale = store / ("0" * 24)
+    stale.mkdir()
+    old = stale / "old.bin"
+    old.write_bytes(b"an entry of an earlier code version")
+    month_ago = time.time() - 31 * 86400
+    os.utime(old, (month_ago, month_ago))
+    for path in kept:  # saved by the fixture's process weeks ago, loaded just now: still used
+        os.utime(path, (month_ago, month_ago))
+    run(members_from_block(block({"seed": [0, 1]})))  # loads, which marks them as used
+    run(members_from_block(block({"seed": [0]})))  # a one-run ensemble: traced and saved
+    assert not old.exists()
+    assert [p for p in kept if not p.exists()] == []

@@ -20,14 +20,18 @@ What keeps a loaded function honest:
   and the matmul precision.
 
 Entries live in `<inductor cache dir>/grokpipe_precompiled/` (`TORCHINDUCTOR_CACHE_DIR` moves
-both), beside the kernels they were built from.
+both), beside the kernels they were built from; those unused for `MAX_AGE_DAYS` are deleted
+when a new one is saved.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +45,10 @@ log = logging.getLogger(__name__)
 # guard types a saved function keeps; the rest cannot be serialised or only re-check identity
 _KEPT_GUARDS = ("TENSOR_MATCH", "SHAPE_ENV")
 _KEPT_CONSTANTS = ("CONSTANT_MATCH", "EQUALS_MATCH")
+
+# entries not used for this long are deleted when a new one is saved: a code change or a torch
+# upgrade changes every key, so older entries would otherwise pile up unused
+MAX_AGE_DAYS = 30
 
 # functions loaded (or compiled) in this process, by entry key: a later ensemble of the same
 # key (the next job, a compacted ensemble) checks their guards instead of reading files again
@@ -148,6 +156,7 @@ def compiled_method(
             ok = False
         if ok:
             fn.disable_guard_check()  # checked just now, for this ensemble's tensors
+            _touch(getattr(fn, "_grokpipe_path", None))
             return _bound(fn, owner), ("memory" if i < in_memory else "disk")
     mark_dynamic()
     torch._dynamo.config.enable_aot_compile = True  # off by default in torch 2.11
@@ -167,8 +176,32 @@ def compiled_method(
         fn._grokpipe_path = str(path)
     except Exception as exc:  # a read-only or full disk costs the next stage a trace, no more
         log.warning("could not save the compiled step to %s (%s)", path, exc)
+    else:
+        prune(MAX_AGE_DAYS)
     _loaded.setdefault(key, []).append(fn)
     return _bound(fn, owner), "traced"
+
+
+def _touch(path: str | None) -> None:
+    """Mark an entry as used (its age is what `prune` reads)."""
+    if path is not None:
+        # deleted by a concurrent prune, or a read-only store: harmless
+        with contextlib.suppress(OSError):
+            os.utime(path)
+
+
+def prune(max_age_days: float) -> list[Path]:
+    """Delete entries not saved or used for `max_age_days`; returns what was deleted."""
+    cutoff = time.time() - max_age_days * 86400
+    gone = []
+    for path in store_dir().glob("*/*.bin"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                gone.append(path)
+        except OSError:  # another process pruned it first
+            continue
+    return gone  # (empty key folders stay: removing one could race with a save into it)
 
 
 def _bound(fn, owner) -> Callable:
