@@ -4,6 +4,11 @@ The CPU suite proves the engine's maths; these prove that torch.compile and CUDA
 compute the same thing as the eager step, and that ensembling stays exact enough on the GPU.
 """
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +16,7 @@ import torch
 from grokpipe.train.ensemble import EngineOptions, EnsembleTrainer
 from grokpipe.train.members import members_from_block
 
+ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -45,3 +51,28 @@ def test_member_of_ensemble_matches_run_alone_on_gpu():
     together = losses(members, device="cuda", compile=True, cuda_graph=True)
     alone = losses([members[5]], device="cuda", compile=True, cuda_graph=True)
     assert np.max(np.abs(together[5] - alone[0]) / alone[0]) < 1e-4
+
+
+def test_a_later_process_loads_the_saved_step_and_trains_the_same():
+    """A compiled step is saved (`grokpipe.train.precompiled`); a new process loads it from
+    disk instead of tracing, and trains the same runs to the same losses as this process."""
+    members = members_from_block(block([0, 1]))
+    here = losses(members, device="cuda", compile=True, cuda_graph=True)
+    code = f"""
+import json
+from grokpipe.train.ensemble import EngineOptions, EnsembleTrainer
+from grokpipe.train.members import members_from_block
+block = json.loads({json.dumps(block([0, 1]))!r})
+opts = EngineOptions(progress=False, device="cuda", compile=True, cuda_graph=True)
+t = EnsembleTrainer(members_from_block(block), opts)
+t.run()
+loss = [r.metrics["train_loss"].tolist() for r in t.results()]
+print(json.dumps({{"from": t.timing.compiled_from, "loss": loss}}))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["from"] == {"train_step": "disk", "eval_chunk": "disk"}
+    np.testing.assert_allclose(np.array(got["loss"]), here, rtol=1e-5)
