@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call's worth of GPU checks, results under $OUT (default ./gpu_checks), the short
 # summary printed last so that it survives a cut-off output tail:
-#   1. tests/test_engine_cuda.py (compiled + CUDA-graph step against eager and CPU);
+#   1. tests/test_engine_cuda.py (compiled + CUDA-graph step against eager and CPU; a saved
+#      step loaded by a new process; ~190 s on an H100 with cold compiles);
 #   2. the engine bench (`python -m grokpipe.bench`; BENCH_ARGS replaces its arguments).
 # Usage on the device: scripts/gpu_checks.sh   (with .whl carried, for pytest and dvc)
 set -uo pipefail
@@ -11,7 +12,7 @@ export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
 python3 -c "import pytest" 2>/dev/null ||
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
 t0=$(date +%s)
-timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -q -p no:cacheprovider tests/test_engine_cuda.py \
+timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -p no:cacheprovider tests/test_engine_cuda.py \
   > "$OUT/cuda_tests.log" 2>&1
 tests_rc=$?
 t1=$(date +%s)
