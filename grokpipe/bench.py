@@ -267,7 +267,7 @@ def print_table(r: dict) -> None:
         print(
             f"engine x{e['members']:<4d} {e['steps_per_s']:10.1f} steps/s "
             f"{e['model_steps_per_s']:11.1f} model-steps/s{speed}{mem}"
-            f"  (compile {e['compile_seconds']:.1f} s, {e.get('compiled_from', 'traced')})"
+            f"  (compile {e['compile_seconds']:.1f} s, {e['compiled_from']})"
         )
     g = r.get("time_to_grok")
     if g:

@@ -3,6 +3,7 @@ checkpoint or the new one, never half of one; a checkpoint of other runs is igno
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -11,9 +12,10 @@ from pathlib import Path
 import torch
 
 
+@functools.cache
 def code_version() -> str:
     """Hash of the engine, model and task source: a checkpoint (or a saved compiled step)
-    never outlives a code change."""
+    never outlives a code change. Read once per process: every saved-step key asks for it."""
     root = Path(__file__).resolve().parents[1]
     h = hashlib.sha1()
     for sub in ("train", "models", "tasks"):
