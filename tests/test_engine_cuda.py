@@ -4,19 +4,14 @@ The CPU suite proves the engine's maths; these prove that torch.compile and CUDA
 compute the same thing as the eager step, and that ensembling stays exact enough on the GPU.
 """
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from fresh_process import train_in_new_process
 
 from grokpipe.train.ensemble import EngineOptions, EnsembleTrainer
 from grokpipe.train.members import members_from_block
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -58,21 +53,6 @@ def test_a_later_process_loads_the_saved_step_and_trains_the_same():
     disk instead of tracing, and trains the same runs to the same losses as this process."""
     members = members_from_block(block([0, 1]))
     here = losses(members, device="cuda", compile=True, cuda_graph=True)
-    code = f"""
-import json
-from grokpipe.train.ensemble import EngineOptions, EnsembleTrainer
-from grokpipe.train.members import members_from_block
-block = json.loads({json.dumps(block([0, 1]))!r})
-opts = EngineOptions(progress=False, device="cuda", compile=True, cuda_graph=True)
-t = EnsembleTrainer(members_from_block(block), opts)
-t.run()
-loss = [r.metrics["train_loss"].tolist() for r in t.results()]
-print(json.dumps({{"from": t.timing.compiled_from, "loss": loss}}))
-"""
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    got = json.loads(out.stdout.strip().splitlines()[-1])
-    assert got["from"] == {"train_step": "disk", "eval_chunk": "disk"}
-    np.testing.assert_allclose(np.array(got["loss"]), here, rtol=1e-5)
+    source, loss = train_in_new_process(block([0, 1]), device="cuda", compile=True, cuda_graph=True)
+    assert source == {"train_step": "disk", "eval_chunk": "disk"}
+    np.testing.assert_allclose(loss, here, rtol=1e-5)

@@ -7,23 +7,19 @@ tracing, saving and loading as inductor on a GPU, in seconds on a CPU."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from fresh_process import train_in_new_process
 
 from grokpipe.train import precompiled
 from grokpipe.train.ensemble import EngineOptions, EnsembleTrainer
 from grokpipe.train.members import members_from_block
 
-ROOT = Path(__file__).resolve().parents[1]
 OPTS = EngineOptions(progress=False, compile=True, compile_backend="aot_eager")
 
 pytestmark = pytest.mark.skipif(not precompiled.available(), reason="torch cannot save steps")
@@ -74,26 +70,11 @@ def test_a_new_process_loads_the_saved_step_and_matches_eager(store):
 
     # another process: other seeds, ensemble size, task size and step budget (the batch size
     # is the same: min(32, n_train / 2) is a constant of the graph, and of the key)
-    code = f"""
-import json, numpy as np
-from grokpipe.train.ensemble import EngineOptions, EnsembleTrainer
-from grokpipe.train.members import members_from_block
-block = json.loads({json.dumps(block({"seed": [5, 6]}, p=17, steps=40))!r})
-opts = EngineOptions(progress=False, compile=True, compile_backend="aot_eager")
-t = EnsembleTrainer(members_from_block(block), opts)
-t.run()
-loss = [r.metrics["train_loss"].tolist() for r in t.results()]
-print(json.dumps({{"from": t.timing.compiled_from, "loss": loss}}))
-"""
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    got = json.loads(out.stdout.strip().splitlines()[-1])
-    assert got["from"] == {"train_step": "disk", "eval_chunk": "disk"}
-    later = members_from_block(block({"seed": [5, 6]}, p=17, steps=40))
-    _, eager = run(later, EngineOptions(progress=False))
-    np.testing.assert_allclose(np.array(got["loss"]), eager, rtol=1e-5)
+    later = block({"seed": [5, 6]}, p=17, steps=40)
+    source, loss = train_in_new_process(later, compile=True, compile_backend="aot_eager")
+    assert source == {"train_step": "disk", "eval_chunk": "disk"}
+    _, eager = run(members_from_block(later), EngineOptions(progress=False))
+    np.testing.assert_allclose(loss, eager, rtol=1e-5)
 
 
 def test_a_step_whose_guards_fail_is_traced_again_and_saved_beside(store):
