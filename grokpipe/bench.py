@@ -164,8 +164,8 @@ def _multi_measure(devices: list[int] | str, n_steps: int, seeds: list[int], pre
 
 
 def bench_multi_gpu(steps: int, members: int, precision: str) -> dict:
-    """Two ensembles (x/y mod 97 and S5) through the runner: one GPU (both jobs in turn) vs
-    every GPU (one job each).
+    """Two ensembles (x/y mod 97 and S5) through the runner: one GPU (both jobs side by side,
+    `engine.jobs_per_device`) vs every GPU (one job each).
 
     Each measurement runs as a pipeline train stage does: a fresh process that loads the step
     a short warm-up run compiled and saved (`precompiled`). One GPU trains in that process;

@@ -56,3 +56,22 @@ def test_a_later_process_loads_the_saved_step_and_trains_the_same():
     source, loss = train_in_new_process(block([0, 1]), device="cuda", compile=True, cuda_graph=True)
     assert source == {"train_step": "disk", "eval_chunk": "disk"}
     np.testing.assert_allclose(loss, here, rtol=1e-5)
+
+
+def test_jobs_side_by_side_on_one_gpu_train_as_in_turn(tmp_path):
+    """Two jobs (mod 31 and mod 37 cannot share an ensemble) replay their CUDA graphs on two
+    streams at once (`engine.jobs_per_device`), and train as they do one after the other."""
+    from grokpipe.train.runner import EngineConfig, train_members
+
+    spec = block([0, 1])
+    spec["grid"] = {"data.p": [31, 37], "seed": [0, 1]}
+    members = members_from_block(spec)
+    runs = {}
+    for slots in (1, 2):
+        engine = EngineConfig(devices=[0], progress=False, jobs_per_device=slots)
+        runs[slots], timings = train_members(members, engine, tmp_path / str(slots), "t")
+        assert len(timings) == 2
+    for m in members:
+        a, b = runs[1][m.run_id].metrics, runs[2][m.run_id].metrics
+        np.testing.assert_allclose(b["train_loss"], a["train_loss"], rtol=1e-4)
+        np.testing.assert_allclose(b["val_acc"], a["val_acc"], atol=1e-3)

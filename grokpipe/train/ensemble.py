@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -111,6 +112,17 @@ def group_key(cfg: RunConfig, data: TaskData) -> str:
     d = _shared_settings(cfg)
     d["shape"] = repr(data.shape_signature())
     return repr(sorted(d.items()))
+
+
+# Setting up an ensemble (allocating it on the device, compiling, capturing its CUDA graphs)
+# happens for one ensemble at a time in a process: dynamo and inductor are not thread-safe, and
+# `torch.cuda.graph` captures on one shared side stream. Training, the long part, runs outside
+# it, so ensembles set up in turn train side by side (`runner`, `jobs_per_device`).
+setup_lock = threading.RLock()
+
+
+class JobAborted(RuntimeError):
+    """Raised in a training loop that stops because a job beside it failed."""
 
 
 # The key of the step and evaluation graphs dynamo holds in this process (see `prepare`).
@@ -549,6 +561,10 @@ class EnsembleTrainer:
 
     def prepare(self) -> None:
         """Compile and capture (on CUDA); time spent here is reported as compile time."""
+        with setup_lock:
+            self._prepare()
+
+    def _prepare(self) -> None:
         if self._prepared:
             return
         t0 = time.perf_counter()
@@ -594,9 +610,11 @@ class EnsembleTrainer:
                 t.copy_(s)
             pool = torch.cuda.graph_pool_handle()
             g_train, g_eval = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g_train, pool=pool):
+            # thread_local: other threads' ensembles keep training (and synchronising with
+            # their own streams) while this one is captured
+            with torch.cuda.graph(g_train, pool=pool, capture_error_mode="thread_local"):
                 train_fn()
-            with torch.cuda.graph(g_eval, pool=pool):
+            with torch.cuda.graph(g_eval, pool=pool, capture_error_mode="thread_local"):
                 eval_fn()
             torch.cuda.synchronize()
             self._train_fn, self._eval_fn = g_train.replay, g_eval.replay
@@ -668,11 +686,13 @@ class EnsembleTrainer:
         return self.timing.train_s / self.timing.steps if self.timing.steps else None
 
     # ---------------------------------------------------------------- the loop ----------
-    def run(self, on_checkpoint=None, should_compact=None) -> str:
+    def run(self, on_checkpoint=None, should_compact=None, abort=None) -> str:
         """Train to the step budget, evaluating on the schedule. Returns "done" when the
         budget is spent or every member stopped early, "compact" when `should_compact(self)`
         asked to continue in a smaller ensemble (see `subset`). `on_checkpoint(self)` is
-        called every `train.checkpoint_every` steps and at the end."""
+        called every `train.checkpoint_every` steps and at the end. When the event `abort`
+        is set (a job training beside this one failed), stops at the next evaluation with
+        `JobAborted`; its last checkpoint stays for a re-run to resume from."""
         every = self.cfg.train.checkpoint_every
         self.prepare()
         total = self.cfg.train.steps
@@ -704,6 +724,10 @@ class EnsembleTrainer:
             self.step_host = target
             eval_fn()
             self.evals_done += 1
+            if abort is not None and abort.is_set():
+                if bar is not None:
+                    bar.close()
+                raise JobAborted(f"{self.label}: stopped at step {target}, another job failed")
             done = self.evals_done == len(self.eval_steps)
             # One host sync every few evaluations: stop once every member has stopped early,
             # or move on in a smaller ensemble once enough members have stopped.
@@ -727,7 +751,8 @@ class EnsembleTrainer:
 
     def _account(self, t0: float, steps_before: int) -> None:
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            # this thread's stream only: another ensemble may train beside it on the device
+            torch.cuda.current_stream(self.device).synchronize()
         self.timing.train_s += time.perf_counter() - t0
         self.timing.steps += self.step_host - steps_before
         self.timing.model_steps += self.E * (self.step_host - steps_before)

@@ -5,13 +5,21 @@ most `max_members`, and groups are split further while there are more devices th
 go to one worker process per GPU through a queue (the largest first), so a device that finishes
 early takes the next job. On a machine without GPUs one in-process worker trains on the CPU.
 
+On a GPU, a worker trains up to `jobs_per_device` jobs at once, each in its own thread and CUDA
+stream: groups that cannot share an ensemble (S5 beside the mod-97 operations, say) fill the
+gaps between each other's kernels instead of waiting their turn. They are set up (compiled,
+captured) one at a time and then replay their CUDA graphs side by side; a job's numbers do not
+depend on what trains beside it.
+
 Each job checkpoints to `<checkpoint_dir>/<job>.pt` and leaves `<job>.result.pt` when done; a
 re-run after a crash skips finished jobs and resumes the others from their checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import traceback
 from collections import defaultdict
 from dataclasses import dataclass
@@ -21,7 +29,15 @@ import torch
 
 from grokpipe.config.schema import check
 from grokpipe.train import checkpoint as ckpt
-from grokpipe.train.ensemble import EngineOptions, EnsembleTrainer, Member, MemberResult, group_key
+from grokpipe.train.ensemble import (
+    EngineOptions,
+    EnsembleTrainer,
+    JobAborted,
+    Member,
+    MemberResult,
+    group_key,
+    setup_lock,
+)
 
 
 @dataclass(frozen=True)
@@ -37,9 +53,19 @@ class EngineConfig:
     # CPU threads for training: "auto" keeps torch's default (every core). On a machine
     # shared with other busy processes, 1 avoids oversubscription (measured 50x faster there).
     cpu_threads: int | str = "auto"
+    # Jobs (ensembles) training at once on one device. "auto": 2 on a GPU with CUDA graphs (an
+    # experiment's second group, such as S5 beside the mod-97 operations, trains in the gaps
+    # of the first), 1 on the CPU, whose cores one job already keeps busy.
+    jobs_per_device: int | str = "auto"
 
     def validate(self, key: str) -> None:
         check(self.max_members >= 1, f"{key}.max_members", "must be positive")
+        if isinstance(self.jobs_per_device, str):
+            check(
+                self.jobs_per_device == "auto", f"{key}.jobs_per_device", "expected auto or a count"
+            )
+        else:
+            check(self.jobs_per_device >= 1, f"{key}.jobs_per_device", "must be positive")
         check(self.eval_chunk_rows >= 1, f"{key}.eval_chunk_rows", "must be positive")
         if isinstance(self.devices, str):
             check(
@@ -67,6 +93,23 @@ class EngineConfig:
             if not 0 <= i < n:
                 raise RuntimeError(f"engine.devices names GPU {i}; {n} visible")
         return [f"cuda:{i}" for i in self.devices]
+
+    def slots(self, device: str) -> int:
+        """How many jobs train at once on `device`.
+
+        A job beside another must not call compiled code once set up: compiled code reads
+        process-wide settings (TF32) and dynamo's caches at every call, and the other job's
+        setup changes them. Replayed CUDA graphs read neither, nor does the eager CPU path."""
+        opts = self.options(device)
+        if self.jobs_per_device == "auto":
+            return 2 if opts.cuda_graph else 1
+        if self.jobs_per_device > 1 and opts.compile and not opts.cuda_graph:
+            raise ValueError(
+                f"engine.jobs_per_device is {self.jobs_per_device}, but on {device} the step "
+                "is compiled without CUDA graphs; jobs side by side need CUDA graphs (a GPU "
+                "with engine.cuda_graph on) or no compile"
+            )
+        return self.jobs_per_device
 
     def options(self, device: str, position: int = 0) -> EngineOptions:
         cuda = device.startswith("cuda")
@@ -161,9 +204,16 @@ def _compaction_policy(trainer: EnsembleTrainer) -> bool:
     )
 
 
-def _run_job(job: Job, opts: EngineOptions, checkpoint_dir: Path, device_name: str = "") -> dict:
+def _run_job(
+    job: Job,
+    opts: EngineOptions,
+    checkpoint_dir: Path,
+    device_name: str = "",
+    abort: threading.Event | None = None,
+) -> dict:
     """Train one job to the end, resuming from its checkpoint, dropping members that stopped
-    early into their results as the ensemble shrinks."""
+    early into their results as the ensemble shrinks. Stops with `JobAborted` once `abort` is
+    set (a job beside it failed)."""
     result_path = checkpoint_dir / f"{job.job_id}.result.pt"
     done = ckpt.load(result_path, job.job_id)
     if done is not None:
@@ -177,9 +227,11 @@ def _run_job(job: Job, opts: EngineOptions, checkpoint_dir: Path, device_name: s
         finished, timings = saved["finished"], saved["timings"]
         remaining = set(saved["remaining"])
         members = [m for m in job.members if m.run_id in remaining]
-    trainer = EnsembleTrainer(members, opts, label=job.label)
-    if saved is not None:
-        trainer.load_state_dict(saved["trainer"])
+    with setup_lock:  # one ensemble set up at a time; the others keep training
+        trainer = EnsembleTrainer(members, opts, label=job.label)
+        if saved is not None:
+            trainer.load_state_dict(saved["trainer"])
+        trainer.prepare()
 
     def save(t: EnsembleTrainer) -> None:
         ckpt.save(
@@ -194,7 +246,7 @@ def _run_job(job: Job, opts: EngineOptions, checkpoint_dir: Path, device_name: s
         )
 
     while True:
-        status = trainer.run(on_checkpoint=save, should_compact=_compaction_policy)
+        status = trainer.run(on_checkpoint=save, should_compact=_compaction_policy, abort=abort)
         timings.append(dict(vars(trainer.timing), members=trainer.E))
         results = trainer.results(keep_params=job.keep_params)
         if status == "done":
@@ -202,7 +254,9 @@ def _run_job(job: Job, opts: EngineOptions, checkpoint_dir: Path, device_name: s
             break
         keep = trainer.active_members()
         finished.update({r.run_id: r for i, r in enumerate(results) if i not in keep})
-        trainer = trainer.subset(keep)
+        with setup_lock:
+            trainer = trainer.subset(keep)
+            trainer.prepare()
     timing = {
         "label": job.label,
         "members": len(job.members),
@@ -235,6 +289,63 @@ def worker_visible_devices(device: str, inherited: str | None) -> str:
     return str(index)
 
 
+def _serve_device(
+    jobs: list[Job],
+    next_job,
+    on_done,
+    engine: EngineConfig,
+    device: str,
+    checkpoint_dir: Path,
+    rank: int = 0,
+    device_name: str = "",
+) -> None:
+    """Train the jobs that `next_job()` hands out (an index, None when there are no more) on
+    `device`, `engine.slots(device)` at a time: one thread and CUDA stream per slot. Reports
+    each finished job as `on_done(index, output)`. If a job fails, the jobs beside it stop at
+    their next evaluation and the first failure is raised."""
+    n = engine.slots(device)
+    abort = threading.Event()
+
+    def serve(slot: int) -> None:
+        opts = engine.options(device, position=rank * n + slot)
+        on_gpu = n > 1 and device.startswith("cuda")
+        stream = (
+            torch.cuda.stream(torch.cuda.Stream(device)) if on_gpu else contextlib.nullcontext()
+        )
+        with stream:
+            while not abort.is_set():
+                idx = next_job()
+                if idx is None:
+                    return
+                on_done(idx, _run_job(jobs[idx], opts, checkpoint_dir, device_name, abort))
+
+    if n == 1:
+        serve(0)
+        return
+    errors: list[BaseException] = []
+
+    def guarded(slot: int) -> None:
+        try:
+            serve(slot)
+        except BaseException as e:
+            errors.append(e)
+            abort.set()
+
+    threads = [threading.Thread(target=guarded, args=(i,), name=f"job-slot-{i}") for i in range(n)]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            t.join()
+    except BaseException:  # Ctrl-C: stop the slots at their next evaluation, then leave
+        abort.set()
+        for t in threads:
+            t.join()
+        raise
+    if errors:
+        raise next((e for e in errors if not isinstance(e, JobAborted)), errors[0])
+
+
 def _worker(rank: int, device: str, engine: EngineConfig, jobs, queue, results, ckdir: str):
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     try:
@@ -244,13 +355,16 @@ def _worker(rank: int, device: str, engine: EngineConfig, jobs, queue, results, 
         inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
         os.environ["CUDA_VISIBLE_DEVICES"] = worker_visible_devices(device, inherited)
         torch.cuda.set_device(0)
-        opts = engine.options("cuda:0", position=rank)
-        while True:
-            idx = queue.get()
-            if idx is None:
-                break
-            _run_job(jobs[idx], opts, Path(ckdir), device_name=device)
-            results.put(("done", idx, None))
+        _serve_device(
+            jobs,
+            queue.get,
+            lambda idx, _: results.put(("done", idx, None)),
+            engine,
+            "cuda:0",
+            Path(ckdir),
+            rank=rank,
+            device_name=device,
+        )
     except BaseException:
         results.put(("error", rank, traceback.format_exc()))
 
@@ -271,14 +385,22 @@ def train_members(
     if devices == ["cpu"] and engine.cpu_threads != "auto":
         torch.set_num_threads(engine.cpu_threads)
     if len(devices) == 1:
-        opts = engine.options(devices[0])
-        outputs = [_run_job(job, opts, checkpoint_dir) for job in jobs]
+        by_index: dict[int, dict] = {}
+        pending = iter(range(len(jobs)))
+        hand_out = threading.Lock()
+
+        def next_job() -> int | None:
+            with hand_out:
+                return next(pending, None)
+
+        _serve_device(jobs, next_job, by_index.__setitem__, engine, devices[0], checkpoint_dir)
+        outputs = [by_index[i] for i in range(len(jobs))]
     else:
         ctx = torch.multiprocessing.get_context("spawn")
         queue, results = ctx.Queue(), ctx.Queue()
         for i in range(len(jobs)):
             queue.put(i)
-        for _ in devices:
+        for _ in range(len(devices) * engine.slots(devices[0])):  # one stop per slot
             queue.put(None)
         procs = [
             ctx.Process(

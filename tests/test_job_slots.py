@@ -1,0 +1,79 @@
+"""Jobs side by side on one device (`engine.jobs_per_device`): the same results as in turn, a
+failure stops the job beside it, and settings that cannot run side by side are refused."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from grokpipe.config.schema import ConfigError
+from grokpipe.config.validate import engine_config
+from grokpipe.train import runner
+from grokpipe.train.ensemble import JobAborted
+from grokpipe.train.members import members_from_block
+from grokpipe.train.runner import EngineConfig, train_members
+
+
+def two_groups(steps=120):
+    """Two widths: runs that cannot share an ensemble, so two jobs."""
+    return members_from_block(
+        {
+            "task": "arithmetic",
+            "data": {"op": "x+y", "p": 13},
+            "model": {"family": "transformer", "n_layers": 1, "d_model": 32, "d_ff": 64},
+            "train": {"steps": steps, "batch_size": 32},
+            "eval": {"every": 10, "log_points": 0},
+            "grid": {"model.d_model": [32, 48], "seed": [0, 1]},
+        }
+    )
+
+
+def test_jobs_side_by_side_train_as_in_turn(tmp_path):
+    members = two_groups()
+    one = EngineConfig(devices="cpu", progress=False, jobs_per_device=1)
+    two = EngineConfig(devices="cpu", progress=False, jobs_per_device=2)
+    assert two.slots("cpu") == 2
+    in_turn, timings = train_members(members, one, tmp_path / "one", "t")
+    side_by_side, timings2 = train_members(members, two, tmp_path / "two", "t")
+    assert len(timings) == len(timings2) == 2
+    for m in members:
+        a, b = in_turn[m.run_id], side_by_side[m.run_id]
+        assert np.array_equal(a.steps, b.steps)
+        for name in ("train_loss", "val_loss", "val_acc"):
+            np.testing.assert_array_equal(a.metrics[name], b.metrics[name], err_msg=name)
+
+
+def test_a_failing_job_stops_the_one_beside_it(tmp_path, monkeypatch):
+    members = two_groups(steps=20_000)
+    real_run_job = runner._run_job
+    training = threading.Event()
+    ended: list[BaseException] = []
+
+    def run_job(job, opts, checkpoint_dir, device_name="", abort=None):
+        if job.members[0].config.model.d_model == 48:
+            training.wait(timeout=60)  # fail while the other job trains
+            raise RuntimeError("boom in the second job")
+        training.set()
+        try:
+            return real_run_job(job, opts, checkpoint_dir, device_name, abort)
+        except BaseException as e:
+            ended.append(e)
+            raise
+
+    monkeypatch.setattr(runner, "_run_job", run_job)
+    engine = EngineConfig(devices="cpu", progress=False, jobs_per_device=2)
+    with pytest.raises(RuntimeError, match="boom in the second job"):
+        train_members(members, engine, tmp_path, "t")
+    # the long job stopped at an evaluation instead of training its 20 000 steps
+    assert len(ended) == 1 and isinstance(ended[0], JobAborted)
+    assert not list(tmp_path.glob("*.result.pt"))
+
+
+def test_side_by_side_needs_cuda_graphs_or_no_compile():
+    assert EngineConfig(devices="cpu").slots("cpu") == 1  # auto: the CPU's cores are one job's
+    with pytest.raises(ValueError, match="jobs_per_device"):
+        EngineConfig(devices="cpu", compile=True, jobs_per_device=2).slots("cpu")
+    with pytest.raises(ConfigError, match="engine.jobs_per_device"):
+        engine_config({"engine": {"jobs_per_device": 0}})
