@@ -245,6 +245,20 @@ def test_prefix_plan_shares_the_operand_prefix_of_binary_operations():
     assert plan_prefix(np.arange(4 * 30).reshape(1, 30, 4), batch=16) is None
 
 
+@pytest.mark.parametrize(("vocab", "length"), [(2, 39), (98, 2), (98, 4), (5000, 6)])
+def test_distinct_rows_are_numpys_row_unique(vocab, length):
+    """The integer-key shortcut gives np.unique(axis=0)'s table and inverse (the last case
+    does not fit 62 bits and takes np.unique itself)."""
+    from grokpipe.train.prefix import _distinct_rows
+
+    rows = np.random.default_rng(0).integers(0, vocab, (3000, length))
+    rows[:500] = rows[500:1000]  # repeated rows
+    table, inverse = _distinct_rows(rows)
+    want_table, want_inverse = np.unique(rows, axis=0, return_inverse=True)
+    np.testing.assert_array_equal(table, want_table)
+    np.testing.assert_array_equal(inverse.reshape(-1), want_inverse.reshape(-1))
+
+
 def test_bf16_multiplies_the_blocks_in_bfloat16_and_keeps_the_logits_float32(monkeypatch):
     """Mixed precision: every block product takes bfloat16 inputs, the unembedding float32
     ones, and the logits come out float32 and close to the float32 model's."""

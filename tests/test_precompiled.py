@@ -133,3 +133,23 @@ def test_entries_unused_for_a_month_are_pruned_when_a_new_one_is_saved(store):
     run(members_from_block(block({"seed": [0]})))  # a one-run ensemble: traced and saved
     assert not old.exists()
     assert [p for p in kept if not p.exists()] == []
+
+
+def test_a_saved_step_loads_and_first_runs_without_compile_workers(store, monkeypatch):
+    """Loading a saved step and its first calls keep inductor's compile-worker pool off (the
+    pool would start for nothing and hold up the process's exit); a trace keeps it."""
+    import torch._inductor.config as inductor_config
+
+    default = inductor_config.compile_threads
+    seen = {}
+    warm_up = EnsembleTrainer._warm_up_and_capture
+
+    def recording(self, train_fn, eval_fn):
+        seen[self.timing.compiled_from["train_step"]] = inductor_config.compile_threads
+        return warm_up(self, train_fn, eval_fn)
+
+    monkeypatch.setattr(EnsembleTrainer, "_warm_up_and_capture", recording)
+    run(members_from_block(block({"seed": [3, 4]})))  # loads the saved step
+    run(members_from_block(block({"seed": [3]})))  # one run: traces its own
+    assert seen == {"disk": 1, "traced": default}
+    assert inductor_config.compile_threads == default

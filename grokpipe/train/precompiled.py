@@ -107,11 +107,28 @@ def entry_key(name: str, compile_key: str, backend: str, device: torch.device) -
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:24]
 
 
+@contextlib.contextmanager
+def kernels_in_process():
+    """Keep inductor's pool of compile workers from starting while a saved step is loaded and
+    first run.
+
+    Loading a saved step fetches each of its ~300 kernels through inductor's async compiler,
+    whose first request starts a pool of one worker process per core. The kernels are cached,
+    so the main process has them before the pool is up; but the pool still starts, and the
+    process waits for it at exit: a short train stage that loaded its step spent 9-13 s after
+    training before DVC could go on (H100, ninth session), against 3-5 s for stages whose
+    pool had been used for a trace. A trace needs the pool, so it runs outside this."""
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch(compile_threads=1):
+        yield
+
+
 def _load(path: Path, f_globals: dict):
     from torch._guards import TracingContext, tracing
 
     # torch 2.13 rebuilds import sources while unpickling guards, which needs a tracing context
-    with open(path, "rb") as f, tracing(TracingContext(None)):
+    with open(path, "rb") as f, tracing(TracingContext(None)), kernels_in_process():
         return torch.compiler.load_compiled_function(f, f_globals=f_globals)
 
 

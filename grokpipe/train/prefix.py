@@ -23,10 +23,26 @@ class PrefixPlan:
     row_prefix: np.ndarray  # [E, N] which table row each dataset row starts with
 
 
+def _distinct_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`np.unique(rows, axis=0, return_inverse=True)` for token rows [N, P], ~100x faster:
+    each row becomes one integer, its first token the most significant digit, so that sorting
+    the integers sorts the rows as `np.unique` does (row-wise unique sorts a structured view,
+    ~10 ms per member of a mod-97 table: seconds for a large ensemble, again at each
+    compaction)."""
+    base = int(rows.max()) + 1 if rows.size else 1
+    if rows.min(initial=0) < 0 or base ** rows.shape[1] >= 2**62:
+        return np.unique(rows, axis=0, return_inverse=True)
+    keys = np.zeros(rows.shape[0], np.int64)
+    for column in rows.T.astype(np.int64):
+        keys = keys * base + column
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    return rows[first], inverse
+
+
 def prefix_plan(inputs: np.ndarray, length: int) -> PrefixPlan:
     """The plan that takes the first `length` positions of inputs [E, N, T] from a table of
     each member's distinct prefixes."""
-    per_member = [np.unique(rows[:, :length], axis=0, return_inverse=True) for rows in inputs]
+    per_member = [_distinct_rows(rows[:, :length]) for rows in inputs]
     tables = [table for table, _ in per_member]
     index = np.stack([inverse.reshape(-1) for _, inverse in per_member])
     return PrefixPlan(length, stack_padded(tables), index)
