@@ -115,9 +115,10 @@ def kernels_in_process():
     Loading a saved step fetches each of its ~300 kernels through inductor's async compiler,
     whose first request starts a pool of one worker process per core. The kernels are cached,
     so the main process has them before the pool is up; but the pool still starts, and the
-    process waits for it at exit: a short train stage that loaded its step spent 9-13 s after
-    training before DVC could go on (H100, ninth session), against 3-5 s for stages whose
-    pool had been used for a trace. A trace needs the pool, so it runs outside this."""
+    process waits for it at exit. That is the likely cause of what the ninth session's H100
+    run showed: short train stages that loaded their step spent 9-13 s after training before
+    DVC went on, against 3-5 s for stages whose pool had been used for a trace (to confirm on
+    the next GPU run). A trace needs the pool, so it runs outside this."""
     import torch._inductor.config as inductor_config
 
     with inductor_config.patch(compile_threads=1):
