@@ -6,8 +6,9 @@
 #                                            in the background (it outlives the calling shell);
 #                                            the STAGEs named are reproduced first, in order
 #   scripts/gpu_pipeline.sh wait SECONDS     print progress until it ends or SECONDS pass
-#   scripts/gpu_pipeline.sh collect DIR      copy dvc.lock, the timed log, metrics, figures and
-#                                            each experiment's per-job training timings
+#   scripts/gpu_pipeline.sh collect DIR      copy dvc.lock, the timed log, and archives of the
+#                                            metrics, figures, curves and each experiment's
+#                                            per-job training timings
 #
 # GP_SET="key=value ..." sets params.yaml keys (dotted paths, YAML values) in the copy before
 # the run, e.g. GP_SET="defaults.arithmetic.train.precision=bf16".
@@ -74,7 +75,11 @@ collect)
   out=${2:?collect needs a directory}
   cd "$W" || exit 1
   cp pipeline.log dvc.lock "$out"/
-  tar czf "$out/reports.tgz" reports
+  # one archive per kind: a device call returns no file over 16 MiB, and all of reports/ was
+  # more than that after a full run (ninth session)
+  tar czf "$out/metrics.tgz" reports/metrics reports/index.html 2>/dev/null
+  tar czf "$out/figures.tgz" reports/figures 2>/dev/null
+  tar czf "$out/curves.tgz" reports/curves 2>/dev/null
   tar czf "$out/timings.tgz" data/runs/*/timing.json 2>/dev/null
   ;;
 *)
