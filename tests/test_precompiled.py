@@ -153,3 +153,12 @@ def test_a_saved_step_loads_and_first_runs_without_compile_workers(store, monkey
     run(members_from_block(block({"seed": [3]})))  # one run: traces its own
     assert seen == {"disk": 1, "traced": default}
     assert inductor_config.compile_threads == default
+
+
+def test_a_rebuild_down_to_one_run_is_costed_as_a_compile(store):
+    """A smaller ensemble reuses the step in memory; one run specialises its sizes of 1 and
+    traces its own, so compaction must weigh a compile for it."""
+    t, _ = run(members_from_block(block({"seed": [0, 1, 2]})))
+    assert t.timing.compiled_from["train_step"] == "disk"
+    assert t.rebuild_estimate_s(2) == pytest.approx(t.timing.setup_s + 1.0)
+    assert t.rebuild_estimate_s(1) == pytest.approx(t.timing.setup_s + t.timing.compile_s)

@@ -674,11 +674,12 @@ class EnsembleTrainer:
         new.step_host, new.evals_done = self.step_host, self.evals_done
         return new
 
-    def rebuild_estimate_s(self) -> float:
-        """Seconds to continue in a smaller ensemble (`subset`): its setup, plus either a
-        compile like this one's or, when this process holds this ensemble's compiled step
-        (the same key, dynamic sizes), only CUDA-graph capture, taken as one second."""
-        if not self.opts.compile:
+    def rebuild_estimate_s(self, members: int | None = None) -> float:
+        """Seconds to continue in a smaller ensemble (`subset`) of `members` runs: its setup,
+        plus either a compile like this one's or, when this process holds this ensemble's
+        compiled step (the same key, dynamic sizes), only CUDA-graph capture, taken as one
+        second. An ensemble of one run specialises its sizes of 1, so it counts as a compile."""
+        if not self.opts.compile or (members == 1 and self.E > 1):
             reusable = False
         elif self.opts.precompiled and precompiled.available():
             backend = self.opts.compile_backend

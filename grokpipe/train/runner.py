@@ -195,12 +195,13 @@ def _compaction_policy(trainer: EnsembleTrainer) -> bool:
     per_step = trainer.seconds_per_step()
     if per_step is None:
         return False
+    active = len(trainer.active_members())
     return should_compact(
-        len(trainer.active_members()),
+        active,
         trainer.E,
         trainer.cfg.train.steps - trainer.step_host,
         per_step,
-        trainer.rebuild_estimate_s(),
+        trainer.rebuild_estimate_s(active),
     )
 
 
