@@ -5,9 +5,12 @@ Diagnostics for BENCHMARKS.md, not a test. Each argument is one measurement,
   c  torch.compile the step (else eager + CUDA graph)
   s  share prefixes (`Transformer.forward_prefixed`)
   d  compile ensemble and task sizes as dynamic (cache reuse across ensembles)
+  k  inductor's combo kernels (off in the engine since a launch failure; see EngineOptions)
   P  profile the compiled step (top kernels) instead of timing it
 Example: `python scripts/gpu_probe.py 64:tf32:c 64:tf32:cs 64:tf32:csd 64:bf16:csd 64:tf32:csdP`
-`GP_INDUCTOR="combo_kernels=1"` sets inductor config options for the whole probe.
+`GP_INDUCTOR="max_autotune_gemm=1"` sets inductor config options for the whole probe. Every
+measurement traces its own step: a step saved by an earlier probe (`precompiled`) may have
+been compiled with other inductor options, which its key does not hold.
 A table of every timed measurement is printed last.
 """
 
@@ -44,6 +47,8 @@ def trainer(E, precision, flags, steps):
         progress=False,
         share_prefixes="s" in flags,
         dynamic_sizes="d" in flags,
+        combo_kernels="k" in flags,
+        precompiled=False,
     )
     return EnsembleTrainer(members_from_block(block), opts)
 

@@ -75,6 +75,12 @@ class EngineOptions:
     dynamic_sizes: bool = True  # compile ensemble and task sizes as dynamic (cache reuse)
     # load the compiled step saved by an earlier process instead of tracing it (`precompiled`)
     precompiled: bool = True
+    # inductor's horizontal fusion on CUDA: off, since on torch 2.11 an ensemble of one run of
+    # a small transformer compiled a combined kernel that failed with an unspecified launch
+    # failure on an H100 (tests/test_engine_cuda.py, eighth session), which could as well
+    # have been a silent out-of-bounds read elsewhere. +17 % steps/s for 6 members, +0 % for
+    # 64, +25 % for one run when it was on: on for measurements (scripts/gpu_probe.py) only
+    combo_kernels: bool = False
 
 
 @dataclass
@@ -351,6 +357,7 @@ class EnsembleTrainer:
             "sequence_loss": self.seq,
             "uniform_schedule": self.uniform_schedule,
             "dynamic_sizes": self.opts.dynamic_sizes,
+            "combo_kernels": self.opts.combo_kernels,
             "device": str(self.device),
         }
         shared = _shared_settings(self.cfg)
@@ -574,12 +581,7 @@ class EnsembleTrainer:
             if self.device.type == "cuda":
                 import torch._inductor.config as inductor_config
 
-                # Not `combo_kernels` (horizontal fusion, +17 % for 6 members, +0 % for 64):
-                # on torch 2.11 an ensemble of one run of a small transformer compiled a
-                # combined kernel that failed with an unspecified launch failure on an H100
-                # (tests/test_engine_cuda.py, eighth session), which could as well have been
-                # a silent out-of-bounds read.
-                inductor_config.combo_kernels = False
+                inductor_config.combo_kernels = self.opts.combo_kernels
             if self.opts.dynamic_sizes:
                 # no "duck" sizes: equal sizes that happen to coincide (say members and
                 # classes) must not become one symbol, or the graph only fits that coincidence
