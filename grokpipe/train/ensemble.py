@@ -684,9 +684,7 @@ class EnsembleTrainer:
         if not self.opts.compile or (members == 1 and self.E > 1):
             reusable = False
         elif self.opts.precompiled and precompiled.available():
-            backend = self.opts.compile_backend
-            key = precompiled.entry_key("train_step", self._compile_key(), backend, self.device)
-            reusable = precompiled.has_in_memory(key)
+            reusable = True  # `precompiled` keeps every step it loaded or compiled in memory
         else:
             reusable = _compiled_key == self._compile_key()
         return self.timing.setup_s + (1.0 if reusable else self.timing.compile_s)

@@ -231,10 +231,6 @@ def _bound(fn, owner) -> Callable:
     return call
 
 
-def has_in_memory(key: str) -> bool:
-    return bool(_loaded.get(key))
-
-
 def clear_memory() -> None:
     """Forget the functions loaded in this process (tests)."""
     _loaded.clear()
