@@ -7,6 +7,7 @@ import threading
 
 import numpy as np
 import pytest
+from test_engine import block
 
 from grokpipe.config.schema import ConfigError
 from grokpipe.config.validate import engine_config
@@ -18,16 +19,7 @@ from grokpipe.train.runner import EngineConfig, train_members
 
 def two_groups(steps=120):
     """Two widths: runs that cannot share an ensemble, so two jobs."""
-    return members_from_block(
-        {
-            "task": "arithmetic",
-            "data": {"op": "x+y", "p": 13},
-            "model": {"family": "transformer", "n_layers": 1, "d_model": 32, "d_ff": 64},
-            "train": {"steps": steps, "batch_size": 32},
-            "eval": {"every": 10, "log_points": 0},
-            "grid": {"model.d_model": [32, 48], "seed": [0, 1]},
-        }
-    )
+    return members_from_block(block({"model.d_model": [32, 48], "seed": [0, 1]}, steps=steps))
 
 
 def test_jobs_side_by_side_train_as_in_turn(tmp_path):
