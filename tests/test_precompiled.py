@@ -7,6 +7,7 @@ tracing, saving and loading as inductor on a GPU, in seconds on a CPU."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -162,3 +163,6 @@ def test_a_rebuild_down_to_one_run_is_costed_as_a_compile(store):
     assert t.timing.compiled_from["train_step"] == "disk"
     assert t.rebuild_estimate_s(2) == pytest.approx(t.timing.setup_s + 1.0)
     assert t.rebuild_estimate_s(1) == pytest.approx(t.timing.setup_s + t.timing.compile_s)
+    static = dataclasses.replace(OPTS, dynamic_sizes=False)
+    s, _ = run(members_from_block(block({"seed": [0, 1, 2]})), static)
+    assert s.rebuild_estimate_s(2) == pytest.approx(s.timing.setup_s + s.timing.compile_s)

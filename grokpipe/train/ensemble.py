@@ -680,8 +680,10 @@ class EnsembleTrainer:
         """Seconds to continue in a smaller ensemble (`subset`) of `members` runs: its setup,
         plus either a compile like this one's or, when this process holds this ensemble's
         compiled step (the same key, dynamic sizes), only CUDA-graph capture, taken as one
-        second. An ensemble of one run specialises its sizes of 1, so it counts as a compile."""
-        if not self.opts.compile or (members == 1 and self.E > 1):
+        second. An ensemble of one run specialises its sizes of 1, and a step of static sizes
+        fits one ensemble only, so either counts as a compile."""
+        one_run = members == 1 and self.E > 1
+        if not self.opts.compile or not self.opts.dynamic_sizes or one_run:
             reusable = False
         elif self.opts.precompiled and precompiled.available():
             reusable = True  # `precompiled` keeps every step it loaded or compiled in memory
