@@ -8,9 +8,9 @@ Diagnostics for BENCHMARKS.md, not a test. Each argument is one measurement,
   k  inductor's combo kernels (off in the engine since a launch failure; see EngineOptions)
   P  profile the compiled step (top kernels) instead of timing it
 Example: `python scripts/gpu_probe.py 64:tf32:c 64:tf32:cs 64:tf32:csd 64:bf16:csd 64:tf32:csdP`
-`GP_INDUCTOR="max_autotune_gemm=1"` sets inductor config options for the whole probe. Every
-measurement traces its own step: a step saved by an earlier probe (`precompiled`) may have
-been compiled with other inductor options, which its key does not hold.
+`GP_INDUCTOR="max_autotune_gemm=1,triton.autotune_pointwise=0"` sets inductor config options
+for the whole probe. Every measurement traces its own step: a step saved by an earlier probe
+(`precompiled`) may have been compiled with other inductor options, which its key does not hold.
 A table of every timed measurement is printed last.
 """
 
@@ -30,8 +30,12 @@ DEVICE = os.environ.get("GP_DEVICE", "cuda")  # "cpu" to smoke-test the probe it
 CUDA = DEVICE.startswith("cuda")
 ROWS = []
 for item in filter(None, os.environ.get("GP_INDUCTOR", "").split(",")):
-    key, value = item.split("=")
-    setattr(inductor_config, key, type(getattr(inductor_config, key))(int(value)))
+    key, value = item.split("=")  # dotted keys reach nested options: triton.autotune_pointwise
+    *parents, leaf = key.split(".")
+    section = inductor_config
+    for part in parents:
+        section = getattr(section, part)
+    setattr(section, leaf, type(getattr(section, leaf))(int(value)))
 
 
 def log(*a):

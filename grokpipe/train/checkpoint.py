@@ -1,5 +1,6 @@
 """Atomic checkpoint files: a stage killed at any moment leaves either the previous
-checkpoint or the new one, never half of one; a checkpoint of other runs is ignored."""
+checkpoint or the new one, never half of one; a checkpoint of other runs is ignored. Large
+checkpoints are written beside training (`BackgroundWriter`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import functools
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 
 import torch
@@ -48,3 +50,40 @@ def load(path: str | Path, expected_fingerprint: str):
     if obj.get("fingerprint") != expected_fingerprint:
         return None
     return obj
+
+
+class BackgroundWriter:
+    """Writes one checkpoint at a time in a thread while training goes on.
+
+    Writing the fraction sweep's 779 MiB ensemble took 1.1 s on the H100 host (2.1 s on a
+    2-core CPU), twenty times per job, with the GPU idle. The snapshot handed to `submit` must
+    stay unchanged until the write is done: `submit` and `wait` first finish the previous
+    write, so a trainer may reuse its snapshot buffers at the next checkpoint. A failed write
+    is raised at the next `submit` or `wait`, never lost."""
+
+    def __init__(self):
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, path: str | Path, obj) -> None:
+        self.wait()
+        self._thread = threading.Thread(
+            target=self._write, args=(path, obj), name=f"checkpoint {Path(path).name}"
+        )
+        self._thread.start()
+
+    def _write(self, path, obj) -> None:
+        try:
+            save(path, obj)
+        except BaseException as e:  # handed to the training thread by `wait`
+            self._error = e
+
+    def wait(self, raise_error: bool = True) -> None:
+        """Block until the last submitted checkpoint is on disk, then raise its error (if
+        `raise_error`: not while another error is already on its way up)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None and raise_error:
+            error, self._error = self._error, None
+            raise error

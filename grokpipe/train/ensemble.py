@@ -98,6 +98,8 @@ class Timing:
     train_s: float = 0.0
     steps: int = 0
     model_steps: int = 0
+    # of train_s, the seconds training waited for checkpoints (the snapshot, not the write)
+    checkpoint_s: float = 0.0
     # per compiled function: "traced" here, or loaded from "disk" / "memory" (`precompiled`)
     compiled_from: dict[str, str] = field(default_factory=dict)
 
@@ -345,6 +347,7 @@ class EnsembleTrainer:
         self._train_fn = self._train_step
         self._eval_fn = self._evaluate
         self._prepared = False
+        self._host_buffers: dict[str, torch.Tensor] | None = None  # see `state_dict`
 
     # ---------------------------------------------------------------- the step ----------
     def _compile_key(self) -> str:
@@ -643,12 +646,34 @@ class EnsembleTrainer:
     def fingerprint(self) -> str:
         return ckpt.fingerprint([m.identity() for m in self.members])
 
-    def state_dict(self) -> dict:
+    def state_dict(self, reuse_host_buffers: bool = False) -> dict:
+        """Everything a resume needs, on the host.
+
+        With `reuse_host_buffers` the tensors are copied into page-locked buffers that this
+        trainer keeps and overwrites at the next such call: a device-to-host copy into
+        pageable memory took 0.72 s for the fraction sweep's 779 MiB ensemble on the H100,
+        which the GPU spent idle at every checkpoint. The caller must be done with one
+        snapshot before asking for the next (`checkpoint.BackgroundWriter` waits for that)."""
+        named = self._mutable_named()
+        if reuse_host_buffers and self.device.type == "cuda":
+            if self._host_buffers is None:
+                self._host_buffers = {
+                    k: torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+                    for k, (t, _) in named.items()
+                }
+            for k, (t, _) in named.items():
+                self._host_buffers[k].copy_(t.detach(), non_blocking=True)
+            # this thread's stream only: another ensemble may train beside it on the device
+            torch.cuda.current_stream(self.device).synchronize()
+            tensors = dict(self._host_buffers)
+        else:
+            # a copy even on the CPU, where `.cpu()` would alias what training goes on changing
+            tensors = {k: t.detach().to("cpu", copy=True) for k, (t, _) in named.items()}
         return {
             "fingerprint": self.fingerprint(),
             "step": self.step_host,
             "evals_done": self.evals_done,
-            "tensors": {k: t.detach().cpu() for k, (t, _) in self._mutable_named().items()},
+            "tensors": tensors,
         }
 
     def load_state_dict(self, sd: dict) -> None:
@@ -752,7 +777,9 @@ class EnsembleTrainer:
                 elif should_compact is not None and should_compact(self):
                     status, done = "compact", True
             if on_checkpoint is not None and (done or self.step_host - last_ckpt >= every):
+                t_ckpt = time.perf_counter()
                 on_checkpoint(self)
+                self.timing.checkpoint_s += time.perf_counter() - t_ckpt
                 last_ckpt = self.step_host
             if done:
                 break

@@ -234,30 +234,27 @@ def _run_job(
             trainer.load_state_dict(saved["trainer"])
         trainer.prepare()
 
+    writer = ckpt.BackgroundWriter()
+
     def save(t: EnsembleTrainer) -> None:
-        ckpt.save(
+        writer.wait()  # the previous write still reads the trainer's snapshot buffers
+        writer.submit(
             ck_path,
             {
                 "fingerprint": job.job_id,
-                "finished": finished,
+                "finished": dict(finished),
                 "remaining": [m.run_id for m in t.members],
-                "trainer": t.state_dict(),
-                "timings": timings,
+                "trainer": t.state_dict(reuse_host_buffers=True),
+                "timings": list(timings),
             },
         )
 
-    while True:
-        status = trainer.run(on_checkpoint=save, should_compact=_compaction_policy, abort=abort)
-        timings.append(dict(vars(trainer.timing), members=trainer.E))
-        results = trainer.results(keep_params=job.keep_params)
-        if status == "done":
-            finished.update({r.run_id: r for r in results})
-            break
-        keep = trainer.active_members()
-        finished.update({r.run_id: r for i, r in enumerate(results) if i not in keep})
-        with setup_lock:
-            trainer = trainer.subset(keep)
-            trainer.prepare()
+    try:
+        trainer = _train_to_end(trainer, save, finished, timings, job.keep_params, abort)
+    except BaseException:
+        writer.wait(raise_error=False)  # the training error is the one to report
+        raise
+    writer.wait()  # a checkpoint on disk is whole before the job's result replaces it
     timing = {
         "label": job.label,
         "members": len(job.members),
@@ -266,7 +263,7 @@ def _run_job(
         "steps": trainer.step_host,
         **{
             k: sum(t[k] for t in timings)
-            for k in ("setup_s", "compile_s", "train_s", "model_steps")
+            for k in ("setup_s", "compile_s", "train_s", "checkpoint_s", "model_steps")
         },
         # where each ensemble's compiled functions came from: traced, or a saved one loaded
         "compiled_from": [t["compiled_from"] for t in timings],
@@ -279,6 +276,24 @@ def _run_job(
     ckpt.save(result_path, out)
     ck_path.unlink(missing_ok=True)
     return out
+
+
+def _train_to_end(trainer, save, finished: dict, timings: list, keep_params: bool, abort):
+    """Run `trainer` to the step budget, moving on in smaller ensembles as members stop early;
+    finished members' results go into `finished`, each ensemble's timing into `timings`.
+    Returns the last ensemble."""
+    while True:
+        status = trainer.run(on_checkpoint=save, should_compact=_compaction_policy, abort=abort)
+        timings.append(dict(vars(trainer.timing), members=trainer.E))
+        results = trainer.results(keep_params=keep_params)
+        if status == "done":
+            finished.update({r.run_id: r for r in results})
+            return trainer
+        keep = trainer.active_members()
+        finished.update({r.run_id: r for i, r in enumerate(results) if i not in keep})
+        with setup_lock:
+            trainer = trainer.subset(keep)
+            trainer.prepare()
 
 
 def worker_visible_devices(device: str, inherited: str | None) -> str:
