@@ -23,14 +23,18 @@ from grokpipe.train.members import assemble
 from grokpipe.train.runner import EngineConfig, train_members
 
 
+def use_project_compile_cache() -> None:
+    """Compiled kernels and saved steps live in the project (git-ignored), so a later
+    `dvc repro` - after a params change, or a reboot that empties /tmp - finds them."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path("data/compile_cache").resolve()))
+
+
 def train_experiment(exp: Experiment, members: list[Member], engine: EngineConfig) -> None:
     """Train `members`, write data/runs/<name>/ and drop the checkpoints they no longer need."""
     name = exp.name
     keep = {r.run_id for r in exp.runs} if exp.options.save_weights else set()
     checkpoints = Path("data/checkpoints") / name
-    # Compiled kernels live in the project (git-ignored), so a later `dvc repro` - after a
-    # params change, or a reboot that empties /tmp - compiles each model from the cache.
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path("data/compile_cache").resolve()))
+    use_project_compile_cache()
     t0 = time.perf_counter()
     results, timings = train_members(members, engine, checkpoints, name, keep)
     runstore.write(f"data/runs/{name}", exp, results, timings)

@@ -124,6 +124,7 @@ def test_repro_then_cached_then_one_param_change(repo):
     first = run(["dvc", "repro"], work, env)
     expected = {
         "generate",
+        "precompile",
         "train@tiny",
         "analyze@tiny",
         "train@signed",
@@ -161,9 +162,10 @@ def test_repro_then_cached_then_one_param_change(repo):
     assert "up to date" in status
 
     changed = run(["dvc", "exp", "run", "-S", "experiments.tiny.train.lr=0.01"], work, env)
-    # generate re-runs (it makes every dataset), but signed's dataset is unchanged, so
-    # nothing of signed (nor transfer, which depends on it) trains again
-    assert ran_stages(changed) == {"generate", "train@tiny", "analyze@tiny", "report"}
+    # generate and precompile re-run (each covers every experiment), but signed's dataset and
+    # precompile marker are unchanged, so nothing of signed (nor transfer, which depends on
+    # it) trains again
+    assert ran_stages(changed) == {"generate", "precompile", "train@tiny", "analyze@tiny", "report"}
     diff = run(["dvc", "metrics", "diff", "--json"], work, env)
     changes = json.loads(diff)
     assert "reports/metrics/tiny.json" in changes

@@ -22,6 +22,9 @@ class ConfigError(ValueError):
         self.reason = reason
         super().__init__(f"{key}: {reason}")
 
+    def __reduce__(self):  # raised in a worker process, it reaches the parent whole
+        return (type(self), (self.key, self.reason))
+
 
 def check(condition: bool, key: str, reason: str) -> None:
     """Raise ConfigError(key, reason) unless condition holds."""

@@ -543,16 +543,27 @@ class EnsembleTrainer:
         """The step and the evaluation chunk, loaded from a previous process's compile when
         one fits this ensemble (`precompiled`), else traced, compiled and saved."""
         backend = self.opts.compile_backend
+        keys = self.saved_step_keys()
         out = []
         for name, method, args in (
             ("train_step", self._train_step, ()),
             ("eval_chunk", self._eval_chunk, (self.eval_chunks[0],)),
         ):
-            key = precompiled.entry_key(name, self._compile_key(), backend, self.device)
+            key = keys[name]
             fn, source = precompiled.compiled_method(method, args, key, backend, self._mark_dynamic)
             self.timing.compiled_from[name] = source
             out.append(fn)
         return out
+
+    def saved_step_keys(self) -> dict[str, str]:
+        """The `precompiled` entry key of each compiled function: ensembles with equal keys
+        can share one saved step (if its guards hold for both)."""
+        return {
+            name: precompiled.entry_key(
+                name, self._compile_key(), self.opts.compile_backend, self.device
+            )
+            for name in ("train_step", "eval_chunk")
+        }
 
     def _traced_functions(self):
         """The step and the evaluation chunk compiled by dynamo in this process (the path

@@ -125,6 +125,12 @@ def kernels_in_process():
         yield
 
 
+def saved_on_disk(key: str) -> bool:
+    """Whether some process saved a function under `key` (whether its guards hold for a given
+    ensemble is only known by loading it)."""
+    return any((store_dir() / key).glob("*.bin"))
+
+
 def _load(path: Path, f_globals: dict):
     from torch._guards import TracingContext, tracing
 

@@ -1,0 +1,156 @@
+"""Stage `precompile`: compile every distinct training step the train stages will need, all
+at once, before the first of them runs.
+
+Each train stage is a process of its own, which loads its compiled step from disk when an
+earlier process saved one (`grokpipe.train.precompiled`) and otherwise traces it, on one CPU
+core. Traced stage after stage, the main job's distinct steps (Power et al.'s transformer with
+the loss on the answer, with the loss on every token, and the parity MLPs) took ~280 s on the
+H100 host in the ninth session (114 s for the first alone), while the host's other 15 cores
+sat idle. Here each distinct step is traced in a process of its own, side by side, on a sample
+of at most two runs of the ensemble that will use it: ensemble and task sizes are compiled as
+dynamic sizes, so the saved step fits the whole ensemble. The train stages then load it.
+
+Nothing here changes what is trained. A saved step whose guards do not hold for a train
+stage's ensemble is never called: that stage traces its own, as it would have without this
+stage. Where nothing is compiled (a CPU), the stage only writes its markers.
+
+Output: `data/precompiled/<experiment>.json`, one marker per experiment, which its train stage
+depends on, because DVC orders stages by their dependencies only. A marker holds nothing that
+depends on the machine, so moving to another machine re-runs no train stage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+from grokpipe.config.experiment import load_params
+from grokpipe.config.validate import check_experiment, engine_config
+from grokpipe.io import atomic_dir, stage_main
+from grokpipe.tasks import store
+from grokpipe.train import precompiled
+from grokpipe.train.ensemble import EngineOptions, group_key
+from grokpipe.train.members import assemble
+from stages.train import use_project_compile_cache
+
+OUT = Path("data/precompiled")
+
+
+def experiment_members(params: dict, name: str):
+    exp = check_experiment(params, name)
+    return exp, assemble(exp, *store.read(f"data/datasets/{name}", exp))
+
+
+def sample(members: list) -> list:
+    """The runs a step is compiled on: the ensemble's first and last (their datasets and
+    settings differ most), or its only run (an ensemble of one has sizes of 1 specialised)."""
+    return members if len(members) <= 2 else [members[0], members[-1]]
+
+
+def steps_to_compile(
+    experiments: dict, opts: EngineOptions, max_members: int, n_devices: int
+) -> list[tuple[str, list[str]]]:
+    """(experiment, run ids of a sample) for each distinct compiled step not yet saved.
+
+    Ensembles are planned as the train stages will plan them, and each sample's saved-step
+    keys are read from an ensemble built on the device: experiments that differ only in what
+    the graph does not hold (step budget, data sizes, vocabulary) share one step."""
+    import torch
+
+    from grokpipe.train.ensemble import EnsembleTrainer
+    from grokpipe.train.runner import plan_jobs
+
+    seen, todo = set(), []
+    for name, (_, members) in experiments.items():
+        for job in plan_jobs(members, max_members, n_devices, name, set()):
+            picked = sample(job.members)
+            keys = tuple(EnsembleTrainer(picked, opts, label=name).saved_step_keys().values())
+            # a one-run ensemble has its sizes of 1 specialised: a step of its own, same key
+            step = (keys, len(picked) == 1)
+            if step not in seen and not all(precompiled.saved_on_disk(k) for k in keys):
+                todo.append((name, [m.run_id for m in picked]))
+            seen.add(step)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return todo
+
+
+def compile_step(params: dict, name: str, run_ids: list[str], opts: EngineOptions):
+    """In a worker process: trace, compile and save the step of `run_ids` of `name`.
+    Returns (name, runs, compile seconds, where each function came from)."""
+    from grokpipe.train.ensemble import EnsembleTrainer
+
+    _, members = experiment_members(params, name)
+    picked = [m for m in members if m.run_id in set(run_ids)]
+    trainer = EnsembleTrainer(picked, opts, label=f"precompile {name}")
+    trainer.prepare()
+    return name, len(picked), trainer.timing.compile_s, trainer.timing.compiled_from
+
+
+def compile_all(todo: list[tuple[str, list[str]]], params: dict, opts: EngineOptions) -> None:
+    """Compile each step in its own process, side by side; every failure is reported, and
+    the first one raised."""
+    cores = os.cpu_count() or 2
+    workers = max(1, min(len(todo), cores // 2))
+    # inductor's kernel-compile workers, shared out between the processes compiling at once
+    os.environ["TORCHINDUCTOR_COMPILE_THREADS"] = str(max(1, cores // workers))
+    t0 = time.perf_counter()
+    print(f"precompile: {len(todo)} step(s) on {opts.device}, {workers} at a time", flush=True)
+    errors = []
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(compile_step, params, name, ids, opts) for name, ids in todo]
+        for (name, ids), future in zip(todo, futures, strict=True):
+            try:
+                got, runs, seconds, source = future.result()
+            except Exception as exc:
+                errors.append(exc)
+                print(f"  {name} ({len(ids)} run(s)): failed: {exc!r}", file=sys.stderr)
+                continue
+            where = ", ".join(f"{k} {v}" for k, v in source.items())
+            print(f"  {got} ({runs} run(s)): {seconds:.1f} s ({where})", flush=True)
+    if errors:
+        raise errors[0]
+    print(f"precompile: done in {time.perf_counter() - t0:.1f} s", flush=True)
+
+
+def write_markers(experiments: dict) -> None:
+    with atomic_dir(OUT) as tmp:
+        for name, (_, members) in experiments.items():
+            marker = {
+                "experiment": name,
+                "runs": len(members),
+                # groups of runs that can share an ensemble: the same on every machine
+                "groups": len({group_key(m.config, m.data) for m in members}),
+            }
+            (tmp / f"{name}.json").write_text(json.dumps(marker, indent=1) + "\n")
+
+
+@stage_main
+def main() -> None:
+    params = load_params()
+    engine = engine_config(params)
+    engine.validate("engine")
+    experiments = {name: experiment_members(params, name) for name in params["experiments"]}
+    device = engine.device_names()[0]
+    if not engine.options(device).compile:
+        print(f"precompile: nothing to compile on {device} (engine.compile is off there)")
+    elif not precompiled.available():
+        print("precompile: this torch cannot save compiled steps; each train stage traces its own")
+    else:
+        use_project_compile_cache()
+        opts = engine.options(device)
+        todo = steps_to_compile(experiments, opts, engine.max_members, len(engine.device_names()))
+        if todo:
+            compile_all(todo, params, opts)
+        else:
+            print("precompile: every step is saved already")
+    write_markers(experiments)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""The `precompile` stage: one compile per distinct step, side by side in worker processes,
+saved where the train stages then load it; markers that do not depend on the machine.
+
+Compiled with the "aot_eager" backend (the same tracing and saving as inductor on a GPU, in
+seconds on a CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from grokpipe.config.experiment import load_params
+from grokpipe.config.schema import ConfigError
+from grokpipe.train import precompiled
+from grokpipe.train.ensemble import EngineOptions, EnsembleTrainer
+from stages import generate
+from stages import precompile as stage
+
+OPTS = EngineOptions(progress=False, compile=True, compile_backend="aot_eager")
+
+pytestmark = pytest.mark.skipif(not precompiled.available(), reason="torch cannot save steps")
+
+
+def experiment(op, steps, loss_on="answer", seeds=(0, 1, 2)):
+    return {
+        "task": "arithmetic",
+        "data": {"op": op, "p": 11},
+        "train": {"steps": steps, "loss_on": loss_on},
+        "grid": {"seed": list(seeds)},
+    }
+
+
+PARAMS = {
+    "preset": "full",
+    "defaults": {
+        "arithmetic": {
+            "model": {
+                "family": "transformer",
+                "n_layers": 1,
+                "d_model": 16,
+                "n_heads": 2,
+                "d_ff": 32,
+            },
+            "train": {"batch_size": 16, "precision": "fp32"},
+            "eval": {"every": 5, "log_points": 0},
+        }
+    },
+    "experiments": {
+        # a and b differ only in what the graph does not hold (operation, step budget)
+        "a": experiment("x+y", 20),
+        "b": experiment("x-y", 30, seeds=(0, 1)),
+        "c": experiment("x+y", 20, loss_on="sequence"),  # another graph
+        "d": experiment("x+y", 20, seeds=(5,)),  # one run: sizes of 1 are specialised
+    },
+}
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "compile_cache"))
+    precompiled.clear_memory()
+    generate.main()
+    params = load_params()
+    yield params, {n: stage.experiment_members(params, n) for n in params["experiments"]}
+    precompiled.clear_memory()
+
+
+def test_sample_is_first_and_last_run_or_the_only_one():
+    assert stage.sample([1]) == [1]
+    assert stage.sample([1, 2]) == [1, 2]
+    assert stage.sample([1, 2, 3, 4]) == [1, 4]
+
+
+def test_each_distinct_step_compiled_once_then_loaded_by_the_train_stage(project, capsys):
+    params, experiments = project
+    todo = stage.steps_to_compile(experiments, OPTS, max_members=256, n_devices=1)
+    # a's step serves b; c (sequence loss) and d (one run) need their own
+    assert [(name, len(ids)) for name, ids in todo] == [("a", 2), ("c", 2), ("d", 1)]
+    assert todo[0][1] == ["r0000", "r0002"]
+
+    stage.compile_all(todo, params, OPTS)  # worker processes, side by side
+    out = capsys.readouterr().out
+    assert "3 step(s) on cpu" in out and out.count("train_step traced") == 3
+    assert stage.steps_to_compile(experiments, OPTS, 256, 1) == []
+
+    # what a train stage (a new process, nothing in memory) then does: load, not trace
+    precompiled.clear_memory()
+    for name in ("a", "b"):
+        t = EnsembleTrainer(experiments[name][1], OPTS)
+        t.prepare()
+        assert t.timing.compiled_from == {"train_step": "disk", "eval_chunk": "disk"}, name
+        precompiled.clear_memory()
+
+
+def test_a_failing_compile_is_raised(project):
+    params, _ = project
+    with pytest.raises(ConfigError, match="no_such_experiment"):
+        stage.compile_all([("no_such_experiment", ["r0000"])], params, OPTS)
+
+
+def test_markers_hold_nothing_of_the_machine(project, monkeypatch):
+    params, experiments = project
+    stage.write_markers(experiments)
+    marker = json.loads((stage.OUT / "a.json").read_text())
+    assert marker == {"experiment": "a", "runs": 3, "groups": 1}
+    assert sorted(p.name for p in stage.OUT.iterdir()) == ["a.json", "b.json", "c.json", "d.json"]
