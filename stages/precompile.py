@@ -132,6 +132,9 @@ def write_markers(experiments: dict) -> None:
 
 @stage_main
 def main() -> None:
+    # first: importing torch's compile machinery sets inductor's default cache folder (/tmp),
+    # and the steps must be saved where the train stages look
+    use_project_compile_cache()
     params = load_params()
     engine = engine_config(params)
     engine.validate("engine")
@@ -142,7 +145,6 @@ def main() -> None:
     elif not precompiled.available():
         print("precompile: this torch cannot save compiled steps; each train stage traces its own")
     else:
-        use_project_compile_cache()
         opts = engine.options(device)
         todo = steps_to_compile(experiments, opts, engine.max_members, len(engine.device_names()))
         if todo:

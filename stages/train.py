@@ -47,6 +47,7 @@ def train_experiment(exp: Experiment, members: list[Member], engine: EngineConfi
 
 @stage_main
 def main(name: str) -> None:
+    use_project_compile_cache()  # before torch's compile machinery picks its default folder
     params = load_params()
     exp = check_experiment(params, name)
     engine = engine_config(params)

@@ -7,6 +7,8 @@ seconds on a CPU)."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import yaml
@@ -108,3 +110,11 @@ def test_markers_hold_nothing_of_the_machine(project, monkeypatch):
     marker = json.loads((stage.OUT / "a.json").read_text())
     assert marker == {"experiment": "a", "runs": 3, "groups": 1}
     assert sorted(p.name for p in stage.OUT.iterdir()) == ["a.json", "b.json", "c.json", "d.json"]
+
+
+def test_stage_saves_where_the_train_stages_look(project, monkeypatch):
+    """Importing torch's compile machinery sets inductor's cache folder to /tmp unless it is
+    set already: the stage must set the project's first (the H100 run saved elsewhere)."""
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    stage.main()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(Path("data/compile_cache").resolve())
