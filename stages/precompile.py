@@ -3,12 +3,14 @@ at once, before the first of them runs.
 
 Each train stage is a process of its own, which loads its compiled step from disk when an
 earlier process saved one (`grokpipe.train.precompiled`) and otherwise traces it, on one CPU
-core. Traced stage after stage, the main job's distinct steps (Power et al.'s transformer with
-the loss on the answer, with the loss on every token, and the parity MLPs) took ~280 s on the
-H100 host in the ninth session (114 s for the first alone), while the host's other 15 cores
-sat idle. Here each distinct step is traced in a process of its own, side by side, on a sample
-of at most two runs of the ensemble that will use it: ensemble and task sizes are compiled as
-dynamic sizes, so the saved step fits the whole ensemble. The train stages then load it.
+core. Traced stage after stage, the main job's seven distinct steps (Power et al.'s transformer
+with the loss on the answer, with the loss on every token, and five parity MLPs) took 291 s on
+the H100 host in the ninth session (111 s for the first alone), while the host's other 15
+cores sat idle. Here each distinct step is traced in a process of its own, side by side, on a
+sample of at most two runs of the ensemble that will use it: ensemble and task sizes are
+compiled as dynamic sizes, so the saved step fits the whole ensemble. The train stages then
+load it (tenth session: this stage took 108 s, and every train stage loaded its step in
+7-9 s).
 
 Nothing here changes what is trained. A saved step whose guards do not hold for a train
 stage's ensemble is never called: that stage traces its own, as it would have without this
@@ -70,7 +72,9 @@ def steps_to_compile(
         for job in plan_jobs(members, max_members, n_devices, name, set()):
             picked = sample(job.members)
             keys = tuple(EnsembleTrainer(picked, opts, label=name).saved_step_keys().values())
-            # a one-run ensemble has its sizes of 1 specialised: a step of its own, same key
+            # A one-run ensemble has its sizes of 1 specialised: a step of its own under the
+            # same key. (Once a key has any saved step, a later one-run ensemble is not
+            # compiled here: its train stage traces it, as it would without this stage.)
             step = (keys, len(picked) == 1)
             if step not in seen and not all(precompiled.saved_on_disk(k) for k in keys):
                 todo.append((name, [m.run_id for m in picked]))
