@@ -68,7 +68,7 @@ wait)
   while [ "$(date +%s)" -lt "$end" ] && ! grep -q '^EXIT' "$W/pipeline.log" 2>/dev/null; do
     sleep 20
   done
-  grep -E "Running stage|EXIT|Error|ERROR" "$W/pipeline.log" | tail -n 60
+  grep -E "Running stage|precompile:|EXIT|Error|ERROR" "$W/pipeline.log" | tail -n 60
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
   ;;
 collect)

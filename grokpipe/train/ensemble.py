@@ -98,7 +98,8 @@ class Timing:
     train_s: float = 0.0
     steps: int = 0
     model_steps: int = 0
-    # of train_s, the seconds training waited for checkpoints (the snapshot, not the write)
+    # of train_s, the seconds training stood still for checkpoints: the snapshot, and the
+    # previous write if it is still going (not the steps queued before it: see `run`)
     checkpoint_s: float = 0.0
     # per compiled function: "traced" here, or loaded from "disk" / "memory" (`precompiled`)
     compiled_from: dict[str, str] = field(default_factory=dict)
@@ -674,8 +675,7 @@ class EnsembleTrainer:
                 }
             for k, (t, _) in named.items():
                 self._host_buffers[k].copy_(t.detach(), non_blocking=True)
-            # this thread's stream only: another ensemble may train beside it on the device
-            torch.cuda.current_stream(self.device).synchronize()
+            self._sync_stream()
             tensors = dict(self._host_buffers)
         else:
             # a copy even on the CPU, where `.cpu()` would alias what training goes on changing
@@ -788,6 +788,9 @@ class EnsembleTrainer:
                 elif should_compact is not None and should_compact(self):
                     status, done = "compact", True
             if on_checkpoint is not None and (done or self.step_host - last_ckpt >= every):
+                # the snapshot waits for the queued steps anyway; waiting first keeps that
+                # (training, not checkpointing) out of checkpoint_s
+                self._sync_stream()
                 t_ckpt = time.perf_counter()
                 on_checkpoint(self)
                 self.timing.checkpoint_s += time.perf_counter() - t_ckpt
@@ -799,10 +802,13 @@ class EnsembleTrainer:
             bar.close()
         return status
 
-    def _account(self, t0: float, steps_before: int) -> None:
+    def _sync_stream(self) -> None:
         if self.device.type == "cuda":
             # this thread's stream only: another ensemble may train beside it on the device
             torch.cuda.current_stream(self.device).synchronize()
+
+    def _account(self, t0: float, steps_before: int) -> None:
+        self._sync_stream()
         self.timing.train_s += time.perf_counter() - t0
         self.timing.steps += self.step_host - steps_before
         self.timing.model_steps += self.E * (self.step_host - steps_before)
