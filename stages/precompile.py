@@ -49,13 +49,25 @@ def experiment_members(params: dict, name: str):
 
 
 def sample(members: list) -> list:
-    """The runs a step is compiled on: the ensemble's first and last (their datasets and
-    settings differ most), or its only run (an ensemble of one has sizes of 1 specialised)."""
-    return members if len(members) <= 2 else [members[0], members[-1]]
+    """The runs a step is compiled on: its only run (an ensemble of one has sizes of 1
+    specialised); in an ensemble padded to its largest vocabulary, a run of the smallest and
+    one of the largest (the padded step differs); else the first and last."""
+    if len(members) <= 2:
+        return members
+    smallest = min(members, key=_task_sizes)
+    largest = max(members, key=_task_sizes)
+    if _task_sizes(smallest) != _task_sizes(largest):
+        return [m for m in members if m is smallest or m is largest]
+    return [members[0], members[-1]]
+
+
+def _task_sizes(member) -> tuple[int, int]:
+    info = member.data.info
+    return info.get("vocab_size", 0), info.get("n_classes", 0)
 
 
 def steps_to_compile(
-    experiments: dict, opts: EngineOptions, max_members: int, n_devices: int
+    experiments: dict, opts: EngineOptions, max_members: int, n_devices: int, pad: bool = True
 ) -> list[tuple[str, list[str]]]:
     """(experiment, run ids of a sample) for each distinct compiled step not yet saved.
 
@@ -69,7 +81,7 @@ def steps_to_compile(
 
     seen, todo = set(), []
     for name, (_, members) in experiments.items():
-        for job in plan_jobs(members, max_members, n_devices, name, set()):
+        for job in plan_jobs(members, max_members, n_devices, name, set(), pad):
             picked = sample(job.members)
             keys = tuple(EnsembleTrainer(picked, opts, label=name).saved_step_keys().values())
             # A one-run ensemble has its sizes of 1 specialised: a step of its own under the
@@ -122,14 +134,14 @@ def compile_all(todo: list[tuple[str, list[str]]], params: dict, opts: EngineOpt
     print(f"precompile: done in {time.perf_counter() - t0:.1f} s", flush=True)
 
 
-def write_markers(experiments: dict) -> None:
+def write_markers(experiments: dict, pad: bool = True) -> None:
     with atomic_dir(OUT) as tmp:
         for name, (_, members) in experiments.items():
             marker = {
                 "experiment": name,
                 "runs": len(members),
                 # groups of runs that can share an ensemble: the same on every machine
-                "groups": len({group_key(m.config, m.data) for m in members}),
+                "groups": len({group_key(m.config, m.data, pad) for m in members}),
             }
             (tmp / f"{name}.json").write_text(json.dumps(marker, indent=1) + "\n")
 
@@ -150,12 +162,15 @@ def main() -> None:
         print("precompile: this torch cannot save compiled steps; each train stage traces its own")
     else:
         opts = engine.options(device)
-        todo = steps_to_compile(experiments, opts, engine.max_members, len(engine.device_names()))
+        n_devices = len(engine.device_names())
+        todo = steps_to_compile(
+            experiments, opts, engine.max_members, n_devices, engine.pad_task_sizes
+        )
         if todo:
             compile_all(todo, params, opts)
         else:
             print("precompile: every step is saved already")
-    write_markers(experiments)
+    write_markers(experiments, engine.pad_task_sizes)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from grokpipe.train.ensemble import EngineOptions, EnsembleTrainer
+from grokpipe.train.ensemble import EngineOptions, EnsembleTrainer, group_key
 from grokpipe.train.members import members_from_block
 from grokpipe.train.runner import EngineConfig, should_compact, train_members
 
@@ -274,7 +274,7 @@ def test_bf16_members_train_like_runs_alone():
     assert max_rel(together[2].metrics["train_loss"], alone.metrics["train_loss"]) < 1e-5
 
 
-def test_compiled_step_is_one_graph_reused_by_another_ensemble_size(monkeypatch):
+def test_compiled_step_is_one_graph_reused_by_another_ensemble_size():
     """The step and the evaluation trace as full graphs (a graph break would be an error) that
     match eager execution, and a later ensemble of another size reuses them (dynamic sizes)
     without recompiling. Traced with "aot_eager" (no kernel generation) to stay quick on CPU."""
@@ -286,9 +286,10 @@ def test_compiled_step_is_one_graph_reused_by_another_ensemble_size(monkeypatch)
     for got, want in zip(t.results(), eager):
         assert max_rel(got.metrics["train_loss"], want.metrics["train_loss"]) < 1e-5
         assert max_rel(got.metrics["val_acc"] + 1, want.metrics["val_acc"] + 1) < 1e-6
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
-    smaller = EnsembleTrainer(members[:2], opts)
-    assert smaller.run() == "done"
+    # config.patch, not monkeypatch: undoing a monkeypatch deletes the torch config entry
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        smaller = EnsembleTrainer(members[:2], opts)
+        assert smaller.run() == "done"
     for got, want in zip(smaller.results(), eager[:2]):
         assert max_rel(got.metrics["train_loss"], want.metrics["train_loss"]) < 1e-5
 
@@ -305,3 +306,60 @@ def test_compiled_step_with_layer_schedules_matches_eager():
     assert t.run() == "done"
     for got, want in zip(t.results(), eager):
         assert max_rel(got.metrics["train_loss"], want.metrics["train_loss"]) < 1e-5
+
+
+def test_tasks_of_other_vocabularies_share_a_padded_ensemble_like_runs_alone():
+    """S5 (122 tokens) beside x+y mod 13 (15 tokens): one ensemble padded to S5's vocabulary
+    and classes, x+y's extra classes masked out of its logits. Each member trains as it does
+    alone (loss, accuracy, weight norm), and its weights come back at its own sizes."""
+    grid = {"data.op": ["x+y", "s5"], "train.loss_on": ["answer", "sequence"], "seed": [0]}
+    members = members_from_block(block(grid, steps=30))
+    assert len({group_key(m.config, m.data) for m in members[::2]}) == 1
+    assert len({group_key(m.config, m.data, pad_task_sizes=False) for m in members[::2]}) == 2
+    together = EnsembleTrainer(members, EngineOptions(progress=False))
+    assert together.class_mask is not None
+    together.run()
+    got = together.results(keep_params=True)
+    for i, m in enumerate(members):
+        alone = EnsembleTrainer([m], EngineOptions(progress=False))
+        alone.run()
+        want = alone.results(keep_params=True)[0]
+        for name in ("train_loss", "val_loss", "val_acc", "weight_norm"):
+            label = (m.config.data.op, m.config.train.loss_on, name)
+            assert max_rel(got[i].metrics[name], want.metrics[name]) < 1e-4, label
+        for name, value in want.final_params.items():
+            assert got[i].final_params[name].shape == value.shape, name
+            torch.testing.assert_close(got[i].final_params[name], value, rtol=1e-4, atol=1e-5)
+
+
+def test_a_smaller_ensemble_keeps_its_padding_and_trains_as_alone():
+    """Compaction to the x+y member alone keeps S5's padded sizes (and so its compiled step);
+    x+y then trains as it would have alone, and a resume rebuilds the same sizes."""
+    members = members_from_block(block({"data.op": ["x+y", "s5"], "seed": [0]}, steps=30))
+    mixed = EnsembleTrainer(members, EngineOptions(progress=False))
+    small = mixed.subset([0])
+    assert small.task_sizes == mixed.task_sizes and small.class_mask is not None
+    assert small.state_dict()["task_sizes"] == mixed.task_sizes
+    small.run()
+    alone = train([members[0]])[0]
+    for name in ("train_loss", "val_loss", "weight_norm"):
+        assert max_rel(small.results()[0].metrics[name], alone.metrics[name]) < 1e-5, name
+
+
+def test_compiled_padded_step_matches_eager_and_fits_other_vocabularies():
+    """A padded ensemble's step (logits masked per member) traces as one graph that matches
+    eager training, and a padded ensemble of other sizes and vocabularies reuses it: the
+    class mask's dims are dynamic like the others'."""
+    grid = {"data.op": ["x+y", "s5"], "seed": [0, 1]}
+    members = members_from_block(block(grid, steps=20))
+    opts = EngineOptions(progress=False, compile=True, compile_backend="aot_eager")
+    eager = EnsembleTrainer(members, EngineOptions(progress=False))
+    eager.run()
+    t = EnsembleTrainer(members, opts)
+    assert t.class_mask is not None and t.run() == "done"
+    for got, want in zip(t.results(), eager.results()):
+        assert max_rel(got.metrics["train_loss"], want.metrics["train_loss"]) < 1e-5
+    other = members_from_block(block({"data.op": ["x-y"], "data.p": [17], "seed": [3]}, 20))
+    assert other[0].data.info["vocab_size"] != members[0].data.info["vocab_size"]
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        assert EnsembleTrainer(other + members[2:], opts).run() == "done"  # p 17 and S5

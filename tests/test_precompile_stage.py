@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -71,10 +72,17 @@ def project(tmp_path, monkeypatch):
     precompiled.clear_memory()
 
 
-def test_sample_is_first_and_last_run_or_the_only_one():
-    assert stage.sample([1]) == [1]
-    assert stage.sample([1, 2]) == [1, 2]
-    assert stage.sample([1, 2, 3, 4]) == [1, 4]
+def run_of(vocab):
+    return SimpleNamespace(data=SimpleNamespace(info={"vocab_size": vocab, "n_classes": vocab}))
+
+
+def test_sample_covers_the_padded_vocabulary_else_first_and_last():
+    a, b, c, d = (run_of(v) for v in (99, 99, 99, 99))
+    assert stage.sample([a]) == [a]
+    assert stage.sample([a, b]) == [a, b]
+    assert stage.sample([a, b, c, d]) == [a, d]
+    s5 = run_of(122)  # S5 in the middle of mod-97 runs: the sample must pad
+    assert stage.sample([a, s5, c, d]) == [a, s5]
 
 
 def test_each_distinct_step_compiled_once_then_loaded_by_the_train_stage(project, capsys):

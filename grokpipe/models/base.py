@@ -45,14 +45,37 @@ class EnsembleModel(nn.Module):
     def new_param(self, *shape: int) -> nn.Parameter:
         return nn.Parameter(torch.zeros(self.n_members, *shape))
 
-    def init_member(self, i: int, gen: torch.Generator, init_scale: float = 1.0) -> None:
-        """Fill member i's slice of every parameter, drawing only from `gen`."""
+    # parameter -> {dim (counting the member axis): the task's info key giving its size};
+    # see `task_sized_dims` and `member_slices`
+    TASK_SIZES: dict[str, dict[int, str]] = {}
+
+    def init_member(
+        self, i: int, gen: torch.Generator, init_scale: float = 1.0, info: dict | None = None
+    ) -> None:
+        """Fill member i's slice of every parameter, drawing only from `gen`.
+
+        With `info` (the member's own task sizes), task-sized dims larger than the member's
+        task (an ensemble padded to its largest vocabulary) get the member's own draw, the
+        same as in a model of its size, and zeros beyond it."""
         with torch.no_grad():
             for name, param in self.named_parameters():
-                value = self.initial_value(name, tuple(param.shape[1:]), gen)
+                where = self.member_slices(name, info)
+                value = self.initial_value(name, tuple(param[i][where].shape), gen)
                 if self.scaled_by_init_scale(name):
                     value = value * init_scale
-                param[i].copy_(value.to(param.device, param.dtype))
+                param[i].zero_()
+                param[i][where].copy_(value.to(param.device, param.dtype))
+
+    def member_slices(self, name: str, info: dict | None) -> tuple[slice, ...]:
+        """Index of a member's own part of parameter `name` (without the member axis), for a
+        member whose task sizes are `info`; everything when `info` is None."""
+        sizes = self.TASK_SIZES.get(name, {})
+        if info is None or not sizes:
+            return (...,)
+        ndim = max(sizes)
+        return tuple(
+            slice(0, info[sizes[d]]) if d in sizes else slice(None) for d in range(1, ndim + 1)
+        )
 
     def initial_value(self, name: str, shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
         raise NotImplementedError
@@ -66,9 +89,9 @@ class EnsembleModel(nn.Module):
 
     def task_sized_dims(self) -> dict[str, tuple[int, ...]]:
         """Parameter dims (counting the member axis) whose size comes from the task, such as
-        vocabulary and classes. The engine compiles them as dynamic sizes, so tasks that differ
-        only there (mod 97, S5, signed integers) share one compiled step."""
-        return {}
+        vocabulary and classes (`TASK_SIZES`). The engine compiles them as dynamic sizes, so
+        tasks that differ only there (mod 97, S5, signed integers) share one compiled step."""
+        return {name: tuple(sorted(dims)) for name, dims in self.TASK_SIZES.items()}
 
     def embedding_for_med(self, params: dict[str, Tensor]) -> Tensor | None:
         """[E, V, d] token embedding used by the mean-embedding-difference probe, if any."""

@@ -24,6 +24,9 @@ class Transformer(EnsembleModel):
     """Token + position embedding, `n_layers` attention/FFN blocks, unembedding."""
 
     shares_prefixes = True  # causal: `forward_prefixed` may compute shared prefixes once
+    # tokens and classes: runs of tasks with other vocabularies (S5 beside mod 97) can share
+    # an ensemble padded to the largest, their extra classes masked out (`EnsembleTrainer`)
+    TASK_SIZES = {"embed": {1: "vocab_size"}, "unembed": {2: "n_classes"}}
 
     def __init__(self, cfg: TransformerConfig, info: dict, n_members: int):
         super().__init__(n_members)
@@ -70,9 +73,6 @@ class Transformer(EnsembleModel):
         head = ["unembed"] + (["lnf_w", "lnf_b"] if self.cfg.layernorm else [])
         groups.append(("unembed", head))
         return groups
-
-    def task_sized_dims(self):
-        return {"embed": (1,), "unembed": (2,)}
 
     def embedding_for_med(self, params):
         return params["embed"]

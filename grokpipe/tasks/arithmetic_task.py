@@ -84,7 +84,6 @@ class ArithmeticTask:
             "vocab_size": table.vocab_size,
             "seq_len": 4,
             "n_classes": table.vocab_size,
-            "n_values": table.n_values,
         }
         if op.kind != "s5":  # MED needs operands with a natural order (seed 004)
             low, _ = value_range(op.kind, cfg.p)

@@ -32,19 +32,21 @@ class TaskData:
     def __len__(self) -> int:
         return len(self.inputs)
 
-    def shape_signature(self) -> tuple:
+    def shape_signature(self, padded: frozenset[str] = frozenset()) -> tuple:
         """What must agree for two datasets to train as members of one stacked ensemble.
 
         The number of examples is not part of it: the engine pads smaller datasets with rows
-        that are never sampled and weigh nothing, so x/y (p·(p−1) rows) trains beside x+y."""
+        that are never sampled and weigh nothing, so x/y (p·(p−1) rows) trains beside x+y.
+        Nor are the sizes in `padded` (vocabulary, classes), where the model pads them."""
         seq = None if self.seq_targets is None else self.seq_targets.shape[1:]
+        sizes = ((k, v) for k, v in self.info.items() if isinstance(v, (int, str)))
         return (
             self.inputs.shape[1:],
             str(self.inputs.dtype),
             self.targets.shape[1:],
             str(self.targets.dtype),
             seq,
-            tuple(sorted((k, v) for k, v in self.info.items() if isinstance(v, (int, str)))),
+            tuple(sorted((k, v) for k, v in sizes if k not in padded)),
         )
 
 

@@ -26,7 +26,7 @@ from torch.func import functional_call, grad
 from torch.fx.experimental import _config as fx_config
 
 from grokpipe.config.experiment import RunConfig
-from grokpipe.models import build_model
+from grokpipe.models import MODELS, build_model
 from grokpipe.tasks.base import TaskData, stack_padded
 from grokpipe.train import checkpoint as ckpt
 from grokpipe.train import precompiled
@@ -117,10 +117,22 @@ def _shared_settings(cfg: RunConfig) -> dict:
     return d
 
 
-def group_key(cfg: RunConfig, data: TaskData) -> str:
+def padded_sizes(cfg: RunConfig) -> frozenset[str]:
+    """Task sizes (vocabulary, classes) in which runs may differ and still share an ensemble:
+    the model pads them to the largest member's, and masks each member's extra classes out of
+    its logits. Only under cross-entropy, which masked logits leave exact; the other losses
+    average over the classes."""
+    if cfg.train.loss != "cross_entropy":
+        return frozenset()
+    sizes = MODELS[cfg.model_name].cls.TASK_SIZES
+    return frozenset(key for dims in sizes.values() for key in dims.values())
+
+
+def group_key(cfg: RunConfig, data: TaskData, pad_task_sizes: bool = True) -> str:
     """Runs with equal keys can be members of one ensemble."""
     d = _shared_settings(cfg)
-    d["shape"] = repr(data.shape_signature())
+    padded = padded_sizes(cfg) if pad_task_sizes else frozenset()
+    d["shape"] = repr(data.shape_signature(padded))
     return repr(sorted(d.items()))
 
 
@@ -185,7 +197,16 @@ def _med_pairs(member_ranges, device) -> tuple[torch.Tensor, torch.Tensor, torch
 class EnsembleTrainer:
     """Set up on the device, then `run()`; results via `results()`."""
 
-    def __init__(self, members: list[Member], opts: EngineOptions, label: str = "ensemble"):
+    def __init__(
+        self,
+        members: list[Member],
+        opts: EngineOptions,
+        label: str = "ensemble",
+        task_sizes: dict[str, int] | None = None,
+    ):
+        """`task_sizes` (vocabulary, classes) to pad the model to instead of the members'
+        largest: a smaller ensemble made from this one (`subset`, a resume) keeps its sizes,
+        and with them its compiled step and its sums' order."""
         if not members:
             raise ValueError("an ensemble needs at least one member")
         keys = {group_key(m.config, m.data) for m in members}
@@ -263,25 +284,40 @@ class EnsembleTrainer:
         self.stream_keys = stream_keys(seeds)
 
         # --- model, one generator per member ---------------------------------------------
-        info = members[0].data.info
+        # task sizes the members may differ in (`padded_sizes`): the model takes the largest
+        info = dict(members[0].data.info)
+        for key in padded_sizes(cfg):
+            if key in info:
+                info[key] = max(m.data.info[key] for m in members)
+                if task_sizes and key in task_sizes:
+                    info[key] = max(info[key], task_sizes[key])
+        self.task_sizes = {k: info[k] for k in padded_sizes(cfg) if k in info}
         self.model = build_model(cfg.model_name, cfg.model, info, E).to(dev)
         # bf16: matrix products in bfloat16, the rest in float32 (`EnsembleModel.mm`)
         self.model.matmul_dtype = torch.bfloat16 if tc.precision == "bf16" else None
+        self.member_info = [m.data.info for m in members]
         for i, m in enumerate(members):
             gen = torch.Generator().manual_seed(m.config.seed)
-            self.model.init_member(i, gen, m.config.model.init_scale)
+            self.model.init_member(i, gen, m.config.model.init_scale, self.member_info[i])
             if m.init_params is not None:
                 with torch.no_grad():
                     for name, p in self.model.named_parameters():
+                        own = p[i][self.model.member_slices(name, self.member_info[i])]
                         src = m.init_params.get(name)
-                        if src is None or tuple(src.shape) != tuple(p.shape[1:]):
+                        if src is None or tuple(src.shape) != tuple(own.shape):
                             got = None if src is None else tuple(src.shape)
                             raise ValueError(
                                 f"run {m.run_id}: starting weights do not fit the "
-                                f"model ({name}: {got} vs {tuple(p.shape[1:])})"
+                                f"model ({name}: {got} vs {tuple(own.shape)})"
                             )
-                        p[i].copy_(src.to(dev))
+                        own.copy_(src.to(dev))
         self.params = {n: p.detach() for n, p in self.model.named_parameters()}
+        # [E, classes]: False where a member's task has fewer classes than the model (padded)
+        n_classes = [i.get("n_classes", info.get("n_classes")) for i in self.member_info]
+        self.class_mask = None
+        if "n_classes" in info and min(n_classes) < info["n_classes"]:
+            classes = torch.arange(info["n_classes"], device=dev)
+            self.class_mask = classes < torch.tensor(n_classes, device=dev).unsqueeze(1)
 
         # --- shared prefixes: the first P tokens' states computed once per distinct prefix -
         plan = None
@@ -362,6 +398,7 @@ class EnsembleTrainer:
             "uniform_schedule": self.uniform_schedule,
             "dynamic_sizes": self.opts.dynamic_sizes,
             "combo_kernels": self.opts.combo_kernels,
+            "padded_classes": self.class_mask is not None,
             "device": str(self.device),
         }
         shared = _shared_settings(self.cfg)
@@ -379,9 +416,18 @@ class EnsembleTrainer:
             return {"last_only": not self.seq}
         return {"last_only": True, "prefix": (self.prefix_table, rows_prefix)}
 
+    def _masked(self, out: torch.Tensor) -> torch.Tensor:
+        """Logits [E, B, (T,) C] in float32, with each member's padded classes at -inf: what
+        its softmax, loss and argmax would be over its own classes alone."""
+        out = out.float()
+        if self.class_mask is None:
+            return out
+        mask = self.class_mask.reshape(out.shape[0], *([1] * (out.dim() - 2)), out.shape[-1])
+        return out.masked_fill(~mask, float("-inf"))
+
     def _loss(self, params, x, y, w, rows_prefix):
         out = functional_call(self.model, params, (x,), self._model_kwargs(rows_prefix))
-        per = LOSSES[self.cfg.train.loss](out.float(), y)
+        per = LOSSES[self.cfg.train.loss](self._masked(out), y)
         if self.seq:
             per = (per * self.position_weights.unsqueeze(1)).sum(-1)
         member_loss = (per * w).sum(1)
@@ -431,8 +477,7 @@ class EnsembleTrainer:
         x = self.model_inputs[:, rows]
         prefix = None if self.row_prefix is None else self.row_prefix[:, rows]
         kwargs = {**self._model_kwargs(prefix), "last_only": True}
-        out = functional_call(self.model, self.params, (x,), kwargs)
-        out = out.float()
+        out = self._masked(functional_call(self.model, self.params, (x,), kwargs))
         y = self.targets[:, rows]
         loss, hit = LOSSES[self.cfg.train.loss](out, y), correct(out, y)
         tw = self.eval_train_w.index_select(1, c).squeeze(1)
@@ -520,6 +565,8 @@ class EnsembleTrainer:
         out += [(t, (0, 1)) for t in rows_axis]
         out += [(self.eval_rows, (0, 1)), (self.eval_train_w, (0, 1, 2))]
         out += [(self.eval_val_w, (0, 1, 2))]
+        if self.class_mask is not None:
+            out.append((self.class_mask, (0, 1)))
         # the model's own parameters too: functional_call swaps them, so dynamo traces them
         out += [(p, (0, *task_dims.get(n, ()))) for n, p in self.model.named_parameters()]
         if self.prefix_table is not None:
@@ -684,6 +731,7 @@ class EnsembleTrainer:
             "fingerprint": self.fingerprint(),
             "step": self.step_host,
             "evals_done": self.evals_done,
+            "task_sizes": dict(self.task_sizes),  # a resume builds the same padded model
             "tensors": tensors,
         }
 
@@ -701,7 +749,10 @@ class EnsembleTrainer:
         Used to drop members that stopped early: their kernels would otherwise keep running
         (gated off) until the last member stops."""
         new = EnsembleTrainer(
-            [self.members[i] for i in keep], self.opts, label=f"{self.label}->{len(keep)}"
+            [self.members[i] for i in keep],
+            self.opts,
+            label=f"{self.label}->{len(keep)}",
+            task_sizes=self.task_sizes,
         )
         idx = torch.tensor(keep, device=self.device)
         mine = self._mutable_named()
@@ -826,7 +877,10 @@ class EnsembleTrainer:
                     n = hit[0] + 1
             metrics = {name: hist[:n, i, j] for j, name in enumerate(METRICS)}
             params = {}
-            if keep_params:
-                params = {k: v[i].detach().cpu().clone() for k, v in self.params.items()}
+            if keep_params:  # each at the member's own task sizes
+                params = {
+                    k: v[i][self.model.member_slices(k, self.member_info[i])].detach().cpu().clone()
+                    for k, v in self.params.items()
+                }
             out.append(MemberResult(m.run_id, steps[:n], metrics, params))
         return out

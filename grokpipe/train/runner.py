@@ -6,8 +6,9 @@ go to one worker process per GPU through a queue (the largest first), so a devic
 early takes the next job. On a machine without GPUs one in-process worker trains on the CPU.
 
 On a GPU, a worker trains up to `jobs_per_device` jobs at once, each in its own thread and CUDA
-stream: groups that cannot share an ensemble (S5 beside the mod-97 operations, say) fill the
-gaps between each other's kernels instead of waiting their turn. They are set up (compiled,
+stream: groups that cannot share an ensemble (S5 beside the mod-97 operations with
+`pad_task_sizes` off, say) fill the gaps between each other's kernels instead of waiting their
+turn. They are set up (compiled,
 captured) one at a time and then replay their CUDA graphs side by side; a job's numbers do not
 depend on what trains beside it.
 
@@ -54,9 +55,13 @@ class EngineConfig:
     # shared with other busy processes, 1 avoids oversubscription (measured 50x faster there).
     cpu_threads: int | str = "auto"
     # Jobs (ensembles) training at once on one device. "auto": 2 on a GPU with CUDA graphs (an
-    # experiment's second group, such as S5 beside the mod-97 operations, trains in the gaps
-    # of the first), 1 on the CPU, whose cores one job already keeps busy.
+    # experiment's second group trains in the gaps of the first), 1 on the CPU, whose cores
+    # one job already keeps busy.
     jobs_per_device: int | str = "auto"
+    # Runs whose tasks differ only in vocabulary and classes (S5 beside the mod-97 operations)
+    # train as one ensemble padded to the largest, each member's extra classes masked out of
+    # its logits (exact under cross-entropy; see `ensemble.padded_sizes`). Off: one job each.
+    pad_task_sizes: bool = True
 
     def validate(self, key: str) -> None:
         check(self.max_members >= 1, f"{key}.max_members", "must be positive")
@@ -77,6 +82,9 @@ class EngineConfig:
             check(self.cpu_threads == "auto", f"{key}.cpu_threads", "expected auto or a count")
         else:
             check(self.cpu_threads >= 1, f"{key}.cpu_threads", "must be positive")
+        check(
+            isinstance(self.pad_task_sizes, bool), f"{key}.pad_task_sizes", "expected true or false"
+        )
         for k in ("compile", "cuda_graph"):
             v = getattr(self, k)
             check(isinstance(v, bool) or v == "auto", f"{key}.{k}", "expected true, false or auto")
@@ -141,11 +149,16 @@ class Job:
 
 
 def plan_jobs(
-    members: list[Member], max_members: int, n_devices: int, label: str, keep_params: set[str]
+    members: list[Member],
+    max_members: int,
+    n_devices: int,
+    label: str,
+    keep_params: set[str],
+    pad_task_sizes: bool = True,
 ) -> list[Job]:
     groups: dict[str, list[Member]] = defaultdict(list)
     for m in members:
-        groups[group_key(m.config, m.data)].append(m)
+        groups[group_key(m.config, m.data, pad_task_sizes)].append(m)
     chunks: list[list[Member]] = []
     for g in groups.values():
         n_chunks = -(-len(g) // max_members)
@@ -229,7 +242,8 @@ def _run_job(
         remaining = set(saved["remaining"])
         members = [m for m in job.members if m.run_id in remaining]
     with setup_lock:  # one ensemble set up at a time; the others keep training
-        trainer = EnsembleTrainer(members, opts, label=job.label)
+        sizes = None if saved is None else saved["trainer"].get("task_sizes")
+        trainer = EnsembleTrainer(members, opts, label=job.label, task_sizes=sizes)
         if saved is not None:
             trainer.load_state_dict(saved["trainer"])
         trainer.prepare()
@@ -396,7 +410,9 @@ def train_members(
     devices = engine.device_names()
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    jobs = plan_jobs(members, engine.max_members, len(devices), label, set(keep_params))
+    jobs = plan_jobs(
+        members, engine.max_members, len(devices), label, set(keep_params), engine.pad_task_sizes
+    )
     outputs: list[dict] = []
     if devices == ["cpu"] and engine.cpu_threads != "auto":
         torch.set_num_threads(engine.cpu_threads)
