@@ -286,23 +286,22 @@ class EnsembleTrainer:
         # --- model, one generator per member ---------------------------------------------
         # task sizes the members may differ in (`padded_sizes`): the model takes the largest
         info = dict(members[0].data.info)
-        for key in padded_sizes(cfg):
-            if key in info:
-                info[key] = max(m.data.info[key] for m in members)
-                if task_sizes and key in task_sizes:
-                    info[key] = max(info[key], task_sizes[key])
-        self.task_sizes = {k: info[k] for k in padded_sizes(cfg) if k in info}
+        self.task_sizes = {
+            key: max([m.data.info[key] for m in members] + [(task_sizes or {}).get(key, 0)])
+            for key in padded_sizes(cfg)
+            if key in info
+        }
+        info.update(self.task_sizes)
         self.model = build_model(cfg.model_name, cfg.model, info, E).to(dev)
         # bf16: matrix products in bfloat16, the rest in float32 (`EnsembleModel.mm`)
         self.model.matmul_dtype = torch.bfloat16 if tc.precision == "bf16" else None
-        self.member_info = [m.data.info for m in members]
         for i, m in enumerate(members):
             gen = torch.Generator().manual_seed(m.config.seed)
-            self.model.init_member(i, gen, m.config.model.init_scale, self.member_info[i])
+            self.model.init_member(i, gen, m.config.model.init_scale, m.data.info)
             if m.init_params is not None:
                 with torch.no_grad():
                     for name, p in self.model.named_parameters():
-                        own = p[i][self.model.member_slices(name, self.member_info[i])]
+                        own = p[i][self.model.member_slices(name, m.data.info)]
                         src = m.init_params.get(name)
                         if src is None or tuple(src.shape) != tuple(own.shape):
                             got = None if src is None else tuple(src.shape)
@@ -313,10 +312,10 @@ class EnsembleTrainer:
                         own.copy_(src.to(dev))
         self.params = {n: p.detach() for n, p in self.model.named_parameters()}
         # [E, classes]: False where a member's task has fewer classes than the model (padded)
-        n_classes = [i.get("n_classes", info.get("n_classes")) for i in self.member_info]
         self.class_mask = None
-        if "n_classes" in info and min(n_classes) < info["n_classes"]:
-            classes = torch.arange(info["n_classes"], device=dev)
+        n_classes = [m.data.info.get("n_classes") for m in members]
+        if "n_classes" in self.task_sizes and min(n_classes) < self.task_sizes["n_classes"]:
+            classes = torch.arange(self.task_sizes["n_classes"], device=dev)
             self.class_mask = classes < torch.tensor(n_classes, device=dev).unsqueeze(1)
 
         # --- shared prefixes: the first P tokens' states computed once per distinct prefix -
@@ -879,7 +878,7 @@ class EnsembleTrainer:
             params = {}
             if keep_params:  # each at the member's own task sizes
                 params = {
-                    k: v[i][self.model.member_slices(k, self.member_info[i])].detach().cpu().clone()
+                    k: v[i][self.model.member_slices(k, m.data.info)].detach().cpu().clone()
                     for k, v in self.params.items()
                 }
             out.append(MemberResult(m.run_id, steps[:n], metrics, params))
