@@ -36,7 +36,7 @@ from grokpipe.config.validate import check_experiment, engine_config
 from grokpipe.io import atomic_dir, stage_main
 from grokpipe.tasks import store
 from grokpipe.train import precompiled
-from grokpipe.train.ensemble import EngineOptions, group_key
+from grokpipe.train.ensemble import EngineOptions, group_key, padded_sizes
 from grokpipe.train.members import assemble
 from stages.train import use_project_compile_cache
 
@@ -61,9 +61,9 @@ def sample(members: list) -> list:
     return [members[0], members[-1]]
 
 
-def _task_sizes(member) -> tuple[int, int]:
-    info = member.data.info
-    return info.get("vocab_size", 0), info.get("n_classes", 0)
+def _task_sizes(member) -> tuple[int, ...]:
+    """The sizes the engine pads (`ensemble.padded_sizes`), as this run's task has them."""
+    return tuple(member.data.info.get(k, 0) for k in sorted(padded_sizes(member.config)))
 
 
 def steps_to_compile(

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from grokpipe.config.experiment import load_params
+from grokpipe.config.experiment import load_experiment, load_params
 from grokpipe.config.schema import ConfigError
 from grokpipe.train import precompiled
 from grokpipe.train.ensemble import EngineOptions, EnsembleTrainer
@@ -60,6 +60,10 @@ PARAMS = {
 }
 
 
+# a run of experiment a: Power et al.'s transformer under cross-entropy, which pads its tasks
+CONFIG = load_experiment(PARAMS, "a").runs[0].config
+
+
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
@@ -73,7 +77,8 @@ def project(tmp_path, monkeypatch):
 
 
 def run_of(vocab):
-    return SimpleNamespace(data=SimpleNamespace(info={"vocab_size": vocab, "n_classes": vocab}))
+    info = {"vocab_size": vocab, "n_classes": vocab}
+    return SimpleNamespace(data=SimpleNamespace(info=info), config=CONFIG)
 
 
 def test_sample_covers_the_padded_vocabulary_else_first_and_last():
