@@ -34,7 +34,6 @@ def train_experiment(exp: Experiment, members: list[Member], engine: EngineConfi
     name = exp.name
     keep = {r.run_id for r in exp.runs} if exp.options.save_weights else set()
     checkpoints = Path("data/checkpoints") / name
-    use_project_compile_cache()
     t0 = time.perf_counter()
     results, timings = train_members(members, engine, checkpoints, name, keep)
     runstore.write(f"data/runs/{name}", exp, results, timings)

@@ -19,7 +19,7 @@ from grokpipe.config.validate import check_experiment, engine_config
 from grokpipe.io import stage_main
 from grokpipe.train.members import build_members
 from stages.analyze import analyze
-from stages.train import train_experiment
+from stages.train import train_experiment, use_project_compile_cache
 
 NAME = "transfer"
 
@@ -47,6 +47,7 @@ def source_weights(init_from: str, seed: int) -> dict:
 
 @stage_main
 def main() -> None:
+    use_project_compile_cache()  # before torch's compile machinery picks its default folder
     params = load_params()
     exp = check_experiment(params, NAME, section=NAME)
     engine = engine_config(params)
