@@ -8,9 +8,8 @@ early takes the next job. On a machine without GPUs one in-process worker trains
 On a GPU, a worker trains up to `jobs_per_device` jobs at once, each in its own thread and CUDA
 stream: groups that cannot share an ensemble (S5 beside the mod-97 operations with
 `pad_task_sizes` off, say) fill the gaps between each other's kernels instead of waiting their
-turn. They are set up (compiled,
-captured) one at a time and then replay their CUDA graphs side by side; a job's numbers do not
-depend on what trains beside it.
+turn. They are set up (compiled, captured) one at a time and then replay their CUDA graphs side
+by side; a job's numbers do not depend on what trains beside it.
 
 Each job checkpoints to `<checkpoint_dir>/<job>.pt` and leaves `<job>.result.pt` when done; a
 re-run after a crash skips finished jobs and resumes the others from their checkpoints.
