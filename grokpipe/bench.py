@@ -215,8 +215,10 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     dev = args.device
     cuda = dev.startswith("cuda")
+    compiled = cuda and not args.no_compile
+    # the engine as `dvc repro` runs it (engine: block defaults): combo kernels with compile
     opts = EngineOptions(
-        device=dev, compile=cuda and not args.no_compile, cuda_graph=cuda, progress=False
+        device=dev, compile=compiled, cuda_graph=cuda, combo_kernels=compiled, progress=False
     )
     if cuda:  # the reference loop must run at the engine's matmul precision too
         torch.set_float32_matmul_precision("high" if args.precision == "tf32" else "highest")

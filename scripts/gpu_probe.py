@@ -5,7 +5,7 @@ Diagnostics for BENCHMARKS.md, not a test. Each argument is one measurement,
   c  torch.compile the step (else eager + CUDA graph)
   s  share prefixes (`Transformer.forward_prefixed`)
   d  compile ensemble and task sizes as dynamic (cache reuse across ensembles)
-  k  inductor's combo kernels (off in the engine since a launch failure; see EngineOptions)
+  k  inductor's combo kernels (as the engine compiles ensembles of 2+ runs; see EngineOptions)
   P  profile the compiled step (top kernels) instead of timing it
 Example: `python scripts/gpu_probe.py 64:tf32:c 64:tf32:cs 64:tf32:csd 64:bf16:csd 64:tf32:csdP`
 `GP_INDUCTOR="max_autotune_gemm=1,triton.autotune_pointwise=0"` sets inductor config options

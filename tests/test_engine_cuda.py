@@ -32,19 +32,23 @@ def losses(members, **opts):
     return np.stack([r.metrics["train_loss"] for r in t.results()])
 
 
+# the step as `dvc repro` compiles it on a GPU (the engine block's defaults)
+PIPELINE = {"device": "cuda", "compile": True, "cuda_graph": True, "combo_kernels": True}
+
+
 def test_compiled_graph_matches_eager_and_cpu():
     members = members_from_block(block([0, 1, 2]))
     cpu = losses(members, device="cpu")
     eager = losses(members, device="cuda")
-    fast = losses(members, device="cuda", compile=True, cuda_graph=True)
+    fast = losses(members, **PIPELINE)
     assert np.max(np.abs(eager - cpu) / cpu) < 1e-3
     assert np.max(np.abs(fast - eager) / eager) < 1e-3
 
 
 def test_member_of_ensemble_matches_run_alone_on_gpu():
     members = members_from_block(block(list(range(8))))
-    together = losses(members, device="cuda", compile=True, cuda_graph=True)
-    alone = losses([members[5]], device="cuda", compile=True, cuda_graph=True)
+    together = losses(members, **PIPELINE)
+    alone = losses([members[5]], **PIPELINE)  # one run: compiled without combo kernels
     assert np.max(np.abs(together[5] - alone[0]) / alone[0]) < 1e-4
 
 
@@ -59,8 +63,9 @@ def test_a_later_process_loads_the_saved_step_and_trains_the_same():
 
 
 def test_jobs_side_by_side_on_one_gpu_train_as_in_turn(tmp_path):
-    """Two jobs (mod 31 and mod 37 cannot share an ensemble) replay their CUDA graphs on two
-    streams at once (`engine.jobs_per_device`), and train as they do one after the other."""
+    """Two jobs (mod 31 and mod 37, kept apart by `pad_task_sizes: false`) replay their CUDA
+    graphs on two streams at once (`engine.jobs_per_device`), and train as they do one after
+    the other."""
     from grokpipe.train.runner import EngineConfig, train_members
 
     spec = block([0, 1])
@@ -68,10 +73,53 @@ def test_jobs_side_by_side_on_one_gpu_train_as_in_turn(tmp_path):
     members = members_from_block(spec)
     runs = {}
     for slots in (1, 2):
-        engine = EngineConfig(devices=[0], progress=False, jobs_per_device=slots)
+        engine = EngineConfig(
+            devices=[0], progress=False, jobs_per_device=slots, pad_task_sizes=False
+        )
         runs[slots], timings = train_members(members, engine, tmp_path / str(slots), "t")
         assert len(timings) == 2
     for m in members:
         a, b = runs[1][m.run_id].metrics, runs[2][m.run_id].metrics
         np.testing.assert_allclose(b["train_loss"], a["train_loss"], rtol=1e-4)
         np.testing.assert_allclose(b["val_acc"], a["val_acc"], atol=1e-3)
+
+
+def parity_block(seeds, steps=150):
+    return {
+        "task": "parity",
+        "data": {"variant": "hidden", "n": 10, "k": 2, "n_train": 200, "n_val": 50},
+        "model": {"family": "mlp", "hidden": [32], "init": "xavier"},
+        "train": {
+            "steps": steps,
+            "optimizer": "sgd",
+            "lr": 0.1,
+            "weight_decay": 0.01,
+            "batch_size": 32,
+            "loss": "hinge",
+            "warmup_steps": 0,
+            "precision": "fp32",
+        },
+        "eval": {"every": 10, "log_points": 0},
+        "grid": {"seed": seeds},
+    }
+
+
+def padded_block(seeds):
+    spec = block(seeds)
+    # S5 pads mod 31's vocabulary; ops alternate, so any two runs on are a padded ensemble
+    spec["grid"] = {"seed": seeds, "data.op": ["x/y", "s5"]}
+    return spec
+
+
+@pytest.mark.parametrize("family", ["transformer", "padded transformer", "mlp"])
+def test_combo_kernel_step_matches_eager_at_several_sizes(family):
+    """The compiled step as the pipeline runs it (combo kernels, dynamic sizes, CUDA graph)
+    against eager, for ensembles of several sizes that share one compile. A combined kernel
+    that read out of bounds at some size would show as a diverging loss there."""
+    make = {"transformer": block, "padded transformer": padded_block, "mlp": parity_block}
+    members = members_from_block(make[family](list(range(13))))
+    for size in (2, 3, 8, 13):
+        some = members[:size]
+        eager = losses(some, device="cuda")
+        fast = losses(some, **PIPELINE)
+        assert np.max(np.abs(fast - eager) / np.maximum(eager, 1e-6)) < 1e-3, size

@@ -12,7 +12,7 @@ from test_engine import block
 from grokpipe.config.schema import ConfigError
 from grokpipe.config.validate import engine_config
 from grokpipe.train import runner
-from grokpipe.train.ensemble import JobAborted
+from grokpipe.train.ensemble import EngineOptions, EnsembleTrainer, JobAborted
 from grokpipe.train.members import members_from_block
 from grokpipe.train.runner import EngineConfig, train_members
 
@@ -69,3 +69,19 @@ def test_side_by_side_needs_cuda_graphs_or_no_compile():
         EngineConfig(devices="cpu", compile=True, jobs_per_device=2).slots("cpu")
     with pytest.raises(ConfigError, match="engine.jobs_per_device"):
         engine_config({"engine": {"jobs_per_device": 0}})
+
+
+def test_combo_kernels_are_for_compiled_cuda_steps_of_two_runs_or_more():
+    """`engine.combo_kernels: auto` asks for them on CUDA only; a trainer of one run compiles
+    without them (the size at which a combined kernel once failed), and the choice is part of
+    the saved step's key, so the two never share a step."""
+    auto = EngineConfig()
+    assert auto.options("cuda:0").combo_kernels and not auto.options("cpu").combo_kernels
+    assert not EngineConfig(combo_kernels=False).options("cuda:0").combo_kernels
+    with pytest.raises(ConfigError, match="engine.combo_kernels"):
+        engine_config({"engine": {"combo_kernels": "sometimes"}})
+    members = members_from_block(block({"seed": [0, 1]}, steps=10))
+    opts = EngineOptions(progress=False, combo_kernels=True)
+    two, one = EnsembleTrainer(members, opts), EnsembleTrainer(members[:1], opts)
+    assert two.combo_kernels_on and not one.combo_kernels_on
+    assert two.saved_step_keys() != one.saved_step_keys()

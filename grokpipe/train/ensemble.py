@@ -75,11 +75,11 @@ class EngineOptions:
     dynamic_sizes: bool = True  # compile ensemble and task sizes as dynamic (cache reuse)
     # load the compiled step saved by an earlier process instead of tracing it (`precompiled`)
     precompiled: bool = True
-    # inductor's horizontal fusion on CUDA: off, since on torch 2.11 an ensemble of one run of
-    # a small transformer compiled a combined kernel that failed with an unspecified launch
-    # failure on an H100 (tests/test_engine_cuda.py, eighth session), which could as well
-    # have been a silent out-of-bounds read elsewhere. +17 % steps/s for 6 members, +0 % for
-    # 64, +25 % for one run when it was on: on for measurements (scripts/gpu_probe.py) only
+    # inductor's horizontal fusion (CUDA): independent small kernels of the step merged into
+    # one launch. Measured on an H100 (eleventh session, x/y mod 97, bf16): +21 % steps/s at
+    # 6 members, +12 % at 51 and 189. Never for an ensemble of one run (`combo_kernels_on`):
+    # on torch 2.11 that one compiled a combined kernel that failed with an unspecified launch
+    # failure (eighth session, p 31, d 64, its sizes of 1 specialised)
     combo_kernels: bool = False
 
 
@@ -386,6 +386,13 @@ class EnsembleTrainer:
         self._host_buffers: dict[str, torch.Tensor] | None = None  # see `state_dict`
 
     # ---------------------------------------------------------------- the step ----------
+    @property
+    def combo_kernels_on(self) -> bool:
+        """Whether this ensemble's step is compiled with combo kernels: as asked, except for
+        an ensemble of one run, whose sizes of 1 are specialised into a graph of its own
+        (the size at which a combined kernel once failed to launch; see `EngineOptions`)."""
+        return self.opts.combo_kernels and self.E > 1
+
     def _compile_key(self) -> str:
         """What the compiled graphs bake in as constants: shared settings and static sizes."""
         static = {
@@ -396,7 +403,7 @@ class EnsembleTrainer:
             "sequence_loss": self.seq,
             "uniform_schedule": self.uniform_schedule,
             "dynamic_sizes": self.opts.dynamic_sizes,
-            "combo_kernels": self.opts.combo_kernels,
+            "combo_kernels": self.combo_kernels_on,
             "padded_classes": self.class_mask is not None,
             "device": str(self.device),
         }
@@ -642,7 +649,7 @@ class EnsembleTrainer:
             if self.device.type == "cuda":
                 import torch._inductor.config as inductor_config
 
-                inductor_config.combo_kernels = self.opts.combo_kernels
+                inductor_config.combo_kernels = self.combo_kernels_on
             if self.opts.dynamic_sizes:
                 # no "duck" sizes: equal sizes that happen to coincide (say members and
                 # classes) must not become one symbol, or the graph only fits that coincidence

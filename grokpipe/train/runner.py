@@ -61,6 +61,9 @@ class EngineConfig:
     # train as one ensemble padded to the largest, each member's extra classes masked out of
     # its logits (exact under cross-entropy; see `ensemble.padded_sizes`). Off: one job each.
     pad_task_sizes: bool = True
+    # inductor's combo kernels (horizontal fusion) in compiled CUDA steps of ensembles of two
+    # runs or more: "auto" = on with compile on CUDA (see `EngineOptions.combo_kernels`)
+    combo_kernels: bool | str = "auto"
 
     def validate(self, key: str) -> None:
         check(self.max_members >= 1, f"{key}.max_members", "must be positive")
@@ -84,7 +87,7 @@ class EngineConfig:
         check(
             isinstance(self.pad_task_sizes, bool), f"{key}.pad_task_sizes", "expected true or false"
         )
-        for k in ("compile", "cuda_graph"):
+        for k in ("compile", "cuda_graph", "combo_kernels"):
             v = getattr(self, k)
             check(isinstance(v, bool) or v == "auto", f"{key}.{k}", "expected true, false or auto")
 
@@ -128,6 +131,7 @@ class EngineConfig:
             device=device,
             compile=pick(self.compile),
             cuda_graph=pick(self.cuda_graph) and cuda,
+            combo_kernels=pick(self.combo_kernels) and cuda,
             eval_chunk_rows=self.eval_chunk_rows,
             progress=self.progress,
             progress_position=position,
