@@ -142,3 +142,15 @@ def test_compile_and_save_refuses_an_ensemble_that_is_not_compiled(project):
     eager = EnsembleTrainer(experiments["a"][1], EngineOptions(progress=False))
     with pytest.raises(RuntimeError, match="compile_and_save"):
         eager.compile_and_save(("train_step",))
+
+
+def test_a_torch_without_bytecode_is_reported(monkeypatch, capsys):
+    """Each stage would compile torch's source as it starts: the stage says how to avoid it."""
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "cache_from_source", lambda path: path)  # it exists
+    assert not stage.warn_if_torch_lacks_bytecode()
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(importlib.util, "cache_from_source", lambda path: path + ".missing")
+    assert stage.warn_if_torch_lacks_bytecode()
+    assert "python -m compileall" in capsys.readouterr().err
