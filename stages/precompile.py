@@ -6,12 +6,11 @@ earlier process saved one (`grokpipe.train.precompiled`) and otherwise traces it
 core. Traced stage after stage, the main job's seven distinct steps (Power et al.'s transformer
 with the loss on the answer, with the loss on every token, and five parity MLPs) took 291 s on
 the H100 host in the ninth session (111 s for the first alone), while the host's other 15
-cores sat idle. Here each distinct function (a step's train step and its evaluation chunk
-apart) is traced in a process of its own, side by side, on a sample of at most two runs of
-the ensemble that will use it: ensemble and task sizes are compiled as dynamic sizes, so the
-saved function fits the whole ensemble. The train stages then load it (tenth session, when a
-step's two functions were traced in one process: this stage took 108 s, 89 s of it the
-arithmetic step, and every train stage loaded its step in 7-9 s).
+cores sat idle. Here each distinct step is traced in a process of its own, side by side, on a
+sample of at most two runs of the ensemble that will use it: ensemble and task sizes are
+compiled as dynamic sizes, so the saved step fits the whole ensemble. The train stages then
+load it (tenth session: this stage took 108 s, and every train stage loaded its step in
+7-9 s).
 
 Nothing here changes what is trained. A saved step whose guards do not hold for a train
 stage's ensemble is never called: that stage traces its own, as it would have without this
@@ -67,19 +66,14 @@ def _task_sizes(member) -> tuple[int, ...]:
     return tuple(member.data.info.get(k, 0) for k in sorted(padded_sizes(member.config)))
 
 
-# compiled first: the transformer's train step is the longest trace, and its end is the stage's
-FIRST = ("train_step", "eval_chunk")
-
-
 def steps_to_compile(
     experiments: dict, opts: EngineOptions, max_members: int, n_devices: int, pad: bool = True
-) -> list[tuple[str, list[str], str]]:
-    """(experiment, run ids of a sample, function) for each distinct compiled function not
-    yet saved: the train step and the evaluation chunk of a step are compiled apart.
+) -> list[tuple[str, list[str]]]:
+    """(experiment, run ids of a sample) for each distinct compiled step not yet saved.
 
     Ensembles are planned as the train stages will plan them, and each sample's saved-step
     keys are read from an ensemble built on the device: experiments that differ only in what
-    the graph does not hold (step budget, data sizes, vocabulary) share a function."""
+    the graph does not hold (step budget, data sizes, vocabulary) share one step."""
     import torch
 
     from grokpipe.train.ensemble import EnsembleTrainer
@@ -89,53 +83,52 @@ def steps_to_compile(
     for name, (_, members) in experiments.items():
         for job in plan_jobs(members, max_members, n_devices, name, set(), pad):
             picked = sample(job.members)
-            keys = EnsembleTrainer(picked, opts, label=name).saved_step_keys()
-            for function, key in keys.items():
-                # A one-run ensemble has its sizes of 1 specialised: a function of its own
-                # under the same key. (Once a key has any saved function, a later one-run
-                # ensemble is not compiled here: its train stage traces it, as it would
-                # without this stage.)
-                step = (key, len(picked) == 1)
-                if step not in seen and not precompiled.saved_on_disk(key):
-                    todo.append((name, [m.run_id for m in picked], function))
-                seen.add(step)
+            keys = tuple(EnsembleTrainer(picked, opts, label=name).saved_step_keys().values())
+            # A one-run ensemble has its sizes of 1 specialised: a step of its own under the
+            # same key. (Once a key has any saved step, a later one-run ensemble is not
+            # compiled here: its train stage traces it, as it would without this stage.)
+            step = (keys, len(picked) == 1)
+            if step not in seen and not all(precompiled.saved_on_disk(k) for k in keys):
+                todo.append((name, [m.run_id for m in picked]))
+            seen.add(step)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return sorted(todo, key=lambda item: FIRST.index(item[2]))  # stable: experiments in order
+    return todo
 
 
-def compile_step(params: dict, name: str, run_ids: list[str], function: str, opts):
-    """In a worker process: trace, compile and save `function` of the step of `run_ids` of
-    `name`. Returns (runs, compile seconds, where it came from)."""
+def compile_step(params: dict, name: str, run_ids: list[str], opts: EngineOptions):
+    """In a worker process: trace, compile and save the step of `run_ids` of `name`.
+    Returns (name, runs, compile seconds, where each function came from)."""
     from grokpipe.train.ensemble import EnsembleTrainer
 
     _, members = experiment_members(params, name)
     picked = [m for m in members if m.run_id in set(run_ids)]
     trainer = EnsembleTrainer(picked, opts, label=f"precompile {name}")
-    source = trainer.compile_and_save((function,))
-    return len(picked), trainer.timing.compile_s, source[function]
+    trainer.prepare()
+    return name, len(picked), trainer.timing.compile_s, trainer.timing.compiled_from
 
 
-def compile_all(todo: list[tuple[str, list[str], str]], params: dict, opts: EngineOptions):
-    """Compile each function in its own process, side by side; every failure is reported,
-    and the first one raised."""
+def compile_all(todo: list[tuple[str, list[str]]], params: dict, opts: EngineOptions) -> None:
+    """Compile each step in its own process, side by side; every failure is reported, and
+    the first one raised."""
     cores = os.cpu_count() or 2
     workers = max(1, min(len(todo), cores // 2))
     # inductor's kernel-compile workers, shared out between the processes compiling at once
     os.environ["TORCHINDUCTOR_COMPILE_THREADS"] = str(max(1, cores // workers))
     t0 = time.perf_counter()
-    print(f"precompile: {len(todo)} function(s) on {opts.device}, {workers} at a time", flush=True)
+    print(f"precompile: {len(todo)} step(s) on {opts.device}, {workers} at a time", flush=True)
     errors = []
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(compile_step, params, *item, opts) for item in todo]
-        for (name, ids, function), future in zip(todo, futures, strict=True):
+        futures = [pool.submit(compile_step, params, name, ids, opts) for name, ids in todo]
+        for (name, ids), future in zip(todo, futures, strict=True):
             try:
-                runs, seconds, source = future.result()
+                got, runs, seconds, source = future.result()
             except Exception as exc:
                 errors.append(exc)
-                print(f"  {name} {function} ({len(ids)} run(s)): failed: {exc!r}", file=sys.stderr)
+                print(f"  {name} ({len(ids)} run(s)): failed: {exc!r}", file=sys.stderr)
                 continue
-            print(f"  {name} {function} ({runs} run(s)): {seconds:.1f} s, {source}", flush=True)
+            where = ", ".join(f"{k} {v}" for k, v in source.items())
+            print(f"  {got} ({runs} run(s)): {seconds:.1f} s ({where})", flush=True)
     if errors:
         raise errors[0]
     print(f"precompile: done in {time.perf_counter() - t0:.1f} s", flush=True)

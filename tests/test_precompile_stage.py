@@ -93,17 +93,13 @@ def test_sample_covers_the_padded_vocabulary_else_first_and_last():
 def test_each_distinct_step_compiled_once_then_loaded_by_the_train_stage(project, capsys):
     params, experiments = project
     todo = stage.steps_to_compile(experiments, OPTS, max_members=256, n_devices=1)
-    # a's step serves b; c (sequence loss) and d (one run) need their own; the train steps
-    # (the longest traces) first, then the evaluation chunks, each in a process of its own
-    steps = [("a", 2), ("c", 2), ("d", 1)]
-    assert [(name, len(ids), fn) for name, ids, fn in todo] == [
-        s + (fn,) for fn in ("train_step", "eval_chunk") for s in steps
-    ]
+    # a's step serves b; c (sequence loss) and d (one run) need their own
+    assert [(name, len(ids)) for name, ids in todo] == [("a", 2), ("c", 2), ("d", 1)]
     assert todo[0][1] == ["r0000", "r0002"]
 
     stage.compile_all(todo, params, OPTS)  # worker processes, side by side
     out = capsys.readouterr().out
-    assert "6 function(s) on cpu" in out and out.count(" s, traced") == 6
+    assert "3 step(s) on cpu" in out and out.count("train_step traced") == 3
     assert stage.steps_to_compile(experiments, OPTS, 256, 1) == []
 
     # what a train stage (a new process, nothing in memory) then does: load, not trace
@@ -118,7 +114,7 @@ def test_each_distinct_step_compiled_once_then_loaded_by_the_train_stage(project
 def test_a_failing_compile_is_raised(project):
     params, _ = project
     with pytest.raises(ConfigError, match="no_such_experiment"):
-        stage.compile_all([("no_such_experiment", ["r0000"], "train_step")], params, OPTS)
+        stage.compile_all([("no_such_experiment", ["r0000"])], params, OPTS)
 
 
 def test_markers_hold_nothing_of_the_machine(project, monkeypatch):
@@ -135,13 +131,6 @@ def test_stage_saves_where_the_train_stages_look(project, monkeypatch):
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     stage.main()
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(Path("data/compile_cache").resolve())
-
-
-def test_compile_and_save_refuses_an_ensemble_that_is_not_compiled(project):
-    _, experiments = project
-    eager = EnsembleTrainer(experiments["a"][1], EngineOptions(progress=False))
-    with pytest.raises(RuntimeError, match="compile_and_save"):
-        eager.compile_and_save(("train_step",))
 
 
 def test_a_torch_without_bytecode_is_reported(monkeypatch, capsys):

@@ -593,42 +593,21 @@ class EnsembleTrainer:
                 for dim in dims:
                     torch._dynamo.maybe_mark_dynamic(t, dim)
 
-    def _compiled_functions(self) -> dict[str, tuple]:
-        """What is compiled: name -> (method, the arguments it is traced with)."""
-        return {
-            "train_step": (self._train_step, ()),
-            "eval_chunk": (self._eval_chunk, (self.eval_chunks[0],)),
-        }
-
-    def _precompiled_functions(self, names=("train_step", "eval_chunk")) -> list:
-        """The named functions (the step and the evaluation chunk), loaded from a previous
-        process's compile when one fits this ensemble (`precompiled`), else traced, compiled
-        and saved."""
+    def _precompiled_functions(self):
+        """The step and the evaluation chunk, loaded from a previous process's compile when
+        one fits this ensemble (`precompiled`), else traced, compiled and saved."""
         backend = self.opts.compile_backend
         keys = self.saved_step_keys()
-        functions = self._compiled_functions()
         out = []
-        for name in names:
-            method, args = functions[name]
-            fn, source = precompiled.compiled_method(
-                method, args, keys[name], backend, self._mark_dynamic
-            )
+        for name, method, args in (
+            ("train_step", self._train_step, ()),
+            ("eval_chunk", self._eval_chunk, (self.eval_chunks[0],)),
+        ):
+            key = keys[name]
+            fn, source = precompiled.compiled_method(method, args, key, backend, self._mark_dynamic)
             self.timing.compiled_from[name] = source
             out.append(fn)
         return out
-
-    def compile_and_save(self, names: tuple[str, ...]) -> dict[str, str]:
-        """Compile only the named functions and save them for later processes, without
-        running them (the `precompile` stage, which compiles a step's functions in separate
-        processes). Returns where each came from: "traced", or "disk" if one was saved."""
-        if not (self.opts.compile and self.opts.precompiled and precompiled.available()):
-            raise RuntimeError("compile_and_save needs compile and saved steps on, on this torch")
-        with setup_lock:
-            t0 = time.perf_counter()
-            self._configure_compiler()
-            self._precompiled_functions(names)
-            self.timing.compile_s = time.perf_counter() - t0
-        return dict(self.timing.compiled_from)
 
     def saved_step_keys(self) -> dict[str, str]:
         """The `precompiled` entry key of each compiled function: ensembles with equal keys
@@ -656,21 +635,6 @@ class EnsembleTrainer:
         self.timing.compiled_from = {"train_step": "traced", "eval_chunk": "traced"}
         return train_fn, chunk_fn
 
-    def _configure_compiler(self) -> None:
-        """Process-wide compiler settings this ensemble's step is compiled under (callers
-        hold `setup_lock`: jobs side by side set up one at a time)."""
-        if self.device.type == "cuda":
-            import torch._inductor.config as inductor_config
-
-            inductor_config.combo_kernels = self.combo_kernels_on
-        if self.opts.dynamic_sizes:
-            # no "duck" sizes: equal sizes that happen to coincide (say members and classes)
-            # must not become one symbol, or the graph only fits that coincidence
-            fx_config.use_duck_shape = False
-            # the model's own parameters are traced too (functional_call swaps them): their
-            # member and task dims vary like the other tensors'
-            torch._dynamo.config.force_parameter_static_shapes = False
-
     def prepare(self) -> None:
         """Compile and capture (on CUDA); time spent here is reported as compile time."""
         with setup_lock:
@@ -682,7 +646,17 @@ class EnsembleTrainer:
         t0 = time.perf_counter()
         train_fn, chunk_fn, finish_fn = self._train_step, self._eval_chunk, self._eval_finish
         if self.opts.compile:
-            self._configure_compiler()
+            if self.device.type == "cuda":
+                import torch._inductor.config as inductor_config
+
+                inductor_config.combo_kernels = self.combo_kernels_on
+            if self.opts.dynamic_sizes:
+                # no "duck" sizes: equal sizes that happen to coincide (say members and
+                # classes) must not become one symbol, or the graph only fits that coincidence
+                fx_config.use_duck_shape = False
+                # the model's own parameters are traced too (functional_call swaps them):
+                # their member and task dims vary like the other tensors'
+                torch._dynamo.config.force_parameter_static_shapes = False
             if self.opts.precompiled and precompiled.available():
                 train_fn, chunk_fn = self._precompiled_functions()
             else:
