@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from fresh_process import train_in_new_process
+from test_parity import tiny_block
 
 from grokpipe.train.ensemble import EngineOptions, EnsembleTrainer
 from grokpipe.train.members import members_from_block
@@ -85,23 +86,7 @@ def test_jobs_side_by_side_on_one_gpu_train_as_in_turn(tmp_path):
 
 
 def parity_block(seeds, steps=150):
-    return {
-        "task": "parity",
-        "data": {"variant": "hidden", "n": 10, "k": 2, "n_train": 200, "n_val": 50},
-        "model": {"family": "mlp", "hidden": [32], "init": "xavier"},
-        "train": {
-            "steps": steps,
-            "optimizer": "sgd",
-            "lr": 0.1,
-            "weight_decay": 0.01,
-            "batch_size": 32,
-            "loss": "hinge",
-            "warmup_steps": 0,
-            "precision": "fp32",
-        },
-        "eval": {"every": 10, "log_points": 0},
-        "grid": {"seed": seeds},
-    }
+    return {**tiny_block(steps), "eval": {"every": 10, "log_points": 0}, "grid": {"seed": seeds}}
 
 
 def padded_block(seeds):
