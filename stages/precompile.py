@@ -137,7 +137,8 @@ def compile_all(todo: list[tuple[str, list[str]]], params: dict, opts: EngineOpt
 def warn_if_torch_lacks_bytecode() -> bool:
     """Say so when torch's modules have no cached bytecode: every stage then compiles torch's
     Python source as it starts. The GPU image of the eleventh session shipped that way (with
-    PYTHONDONTWRITEBYTECODE=1): 3 of `import torch`'s 5.6 s, ~7 s of a train stage."""
+    PYTHONDONTWRITEBYTECODE=1): a train stage that loads its step took 20 s there, 9.5 s once
+    site-packages was byte-compiled (BENCHMARKS.md)."""
     import importlib.util
 
     import torch
