@@ -9,8 +9,9 @@ set -uo pipefail
 OUT=${OUT:-gpu_checks}
 mkdir -p "$OUT"
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
-python3 -c "import pytest" 2>/dev/null ||
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+# shellcheck source=scripts/gpu_site.sh
+source "$(dirname "$0")/gpu_site.sh"
+install_wheels pytest
 t0=$(date +%s)
 timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -p no:cacheprovider tests/test_engine_cuda.py \
   > "$OUT/cuda_tests.log" 2>&1

@@ -18,25 +18,21 @@
 set -uo pipefail
 W=${GP_WORKDIR:-/root/gp}
 export PYTHONPATH=/tmp/site:$W PATH=/tmp/bin:/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
+# shellcheck source=scripts/gpu_site.sh
+source "$(dirname "$0")/gpu_site.sh"
 
 case "${1:-}" in
 start)
-  # once per machine: a second install into the same target prints a warning per package,
-  # enough to push an earlier command's results out of a device call's output tail
-  python3 -c "import dvc" 2>/dev/null ||
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  install_wheels dvc
   # grokpipe's own dependencies that the GPU image may lack travel in .whl too
   python3 -c "import threadpoolctl" || {
     echo "threadpoolctl missing: add its wheel (pip download --no-deps threadpoolctl -d .whl)" >&2
     exit 1
   }
-  # The GPU image ships its packages without bytecode and sets PYTHONDONTWRITEBYTECODE=1, so
-  # every stage compiled torch's Python source afresh (~3 s of a 5.6 s `import torch`, ~7 s
-  # of a train stage that loads its step; eleventh session). A pip install compiles bytecode
-  # once, at install: do that here, once per machine, and let this run cache its own.
+  # once per machine (see byte_compile_site), and let this run cache its own bytecode
   if [ -n "${PYTHONDONTWRITEBYTECODE:-}" ] && [ ! -f /tmp/bytecode.done ]; then
     b0=$(date +%s)
-    python3 -m compileall -q -j 0 "$(python3 -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" /tmp/site > /dev/null 2>&1
+    byte_compile_site > /dev/null 2>&1
     echo "byte-compiled site-packages and /tmp/site in $(($(date +%s) - b0)) s (machine set-up, not in the pipeline's time)"
     touch /tmp/bytecode.done
   fi

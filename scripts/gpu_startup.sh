@@ -11,8 +11,9 @@ OUT=${OUT:-gpu_startup}
 mkdir -p "$OUT"
 W=/root/gp_startup
 export PYTHONPATH=/tmp/site:$W PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
-python3 -c "import pytest" 2>/dev/null ||
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+# shellcheck source=scripts/gpu_site.sh
+source "$(dirname "$0")/gpu_site.sh"
+install_wheels pytest
 rm -rf "$W" && mkdir -p "$W" && cp -r dvc.yaml params.yaml stages grokpipe tests "$W"/ && cd "$W" || exit 1
 sed -i 's/^  progress: true/  progress: false/' params.yaml
 row() { # label, command...: one timed row
@@ -31,8 +32,7 @@ row "import torch (no bytecode)" python3 -c "import torch"
 row "train parity_grokking (no bytecode)" python3 -m stages.train parity_grokking
 row "train parity_random_features (no bytecode)" python3 -m stages.train parity_random_features
 row "analyze parity_grokking (no bytecode)" python3 -m stages.analyze parity_grokking
-row "byte-compile site-packages + /tmp/site" python3 -m compileall -q -j 0 \
-  "$(python3 -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" /tmp/site
+row "byte-compile site-packages + /tmp/site" byte_compile_site
 unset PYTHONDONTWRITEBYTECODE
 row "import torch (bytecode)" python3 -c "import torch"
 row "train parity_known_k (bytecode, first)" python3 -m stages.train parity_known_k

@@ -7,8 +7,9 @@ set -uo pipefail
 OUT=${OUT:-gpu_variants}
 mkdir -p "$OUT"
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
-python3 -c "import pytest" 2>/dev/null ||
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+# shellcheck source=scripts/gpu_site.sh
+source "$(dirname "$0")/gpu_site.sh"
+install_wheels pytest
 LIMIT=${LIMIT:-520}
 SIZES=${SIZES:-"6:bf16:csd:5000 51:bf16:csd:3000 189:bf16:csd:1000"}
 t0=$(date +%s)
