@@ -177,16 +177,15 @@ def main() -> None:
     engine = engine_config(params)
     engine.validate("engine")
     experiments = {name: experiment_members(params, name) for name in params["experiments"]}
-    device = engine.device_names()[0]
-    if not engine.options(device).compile:
-        print(f"precompile: nothing to compile on {device} (engine.compile is off there)")
+    devices = engine.device_names()
+    opts = engine.options(devices[0])
+    if not opts.compile:
+        print(f"precompile: nothing to compile on {opts.device} (engine.compile is off there)")
     elif not precompiled.available():
         print("precompile: this torch cannot save compiled steps; each train stage traces its own")
     else:
-        opts = engine.options(device)
-        n_devices = len(engine.device_names())
         todo = steps_to_compile(
-            experiments, opts, engine.max_members, n_devices, engine.pad_task_sizes
+            experiments, opts, engine.max_members, len(devices), engine.pad_task_sizes
         )
         if todo:
             compile_all(todo, params, opts)

@@ -612,10 +612,9 @@ class EnsembleTrainer:
     def saved_step_keys(self) -> dict[str, str]:
         """The `precompiled` entry key of each compiled function: ensembles with equal keys
         can share one saved step (if its guards hold for both)."""
+        key = self._compile_key()
         return {
-            name: precompiled.entry_key(
-                name, self._compile_key(), self.opts.compile_backend, self.device
-            )
+            name: precompiled.entry_key(name, key, self.opts.compile_backend, self.device)
             for name in ("train_step", "eval_chunk")
         }
 
