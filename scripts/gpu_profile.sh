@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# One device call: where the arithmetic step's time goes, and three cheap ways to cut it.
+#   base     the pipeline's step (bf16, shared prefixes, dynamic sizes, combo kernels), timed at
+#            6, 9, 51 and 189 members, then its top kernels profiled at 189 and 6 (their Triton
+#            sources into kernels.txt)
+#   noprefix the same step without shared prefixes (fewer kernels: small ensembles are bound
+#            by kernel count, not work)
+#   nosplit  inductor's split_reductions off
+#   aggr     inductor's aggressive_fusion on
+# Each variant compiles in its own process beside the others and times after the one before
+# (GP_WAIT_FOR), so timings do not overlap. A table per variant is printed last.
+# Usage on the device: OUT=... scripts/gpu_profile.sh
+set -uo pipefail
+OUT=${OUT:-gpu_profile}
+mkdir -p "$OUT"
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+# shellcheck source=scripts/gpu_site.sh
+source "$(dirname "$0")/gpu_site.sh"
+if [ -n "${PYTHONDONTWRITEBYTECODE:-}" ] && [ ! -f /tmp/bytecode.done ]; then
+  byte_compile_site > /dev/null 2>&1 && touch /tmp/bytecode.done
+fi
+LIMIT=${LIMIT:-540}
+SIZES=${SIZES:-"6:bf16:csdk:5000 9:bf16:csdk:5000 51:bf16:csdk:2000 189:bf16:csdk:600"}
+t0=$(date +%s)
+probe() { # name, inductor options, the flag to drop, extra specs, the variant timed before
+  local name=$1 opts=$2 drop=$3 extra=$4 prev=$5 specs=""
+  for s in $SIZES; do
+    IFS=: read -r e p f n <<< "$s"
+    specs="$specs $e:$p:${f//$drop/}:$n"
+  done
+  # shellcheck disable=SC2086
+  GP_INDUCTOR="$opts" GP_WAIT_FOR="${prev:+$OUT/$prev.done}" GP_DONE="$OUT/$name.done" \
+    GP_KERNELS="$OUT/kernels.txt" TORCHINDUCTOR_CACHE_DIR="/tmp/inductor_$name" \
+    timeout "$LIMIT" python3 scripts/gpu_probe.py $specs $extra > "$OUT/probe_$name.log" 2>&1
+  touch "$OUT/$name.done"
+}
+probe base "" "_" "189:bf16:csdkP 6:bf16:csdkP" "" &
+probe noprefix "" "s" "" base &
+probe nosplit "split_reductions=0" "_" "" noprefix &
+probe aggr "aggressive_fusion=1" "_" "" nosplit &
+wait
+echo "== $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), $(($(date +%s) - t0)) s =="
+for name in base noprefix nosplit aggr; do
+  echo "-- $name"
+  grep -E "^\| [0-9]|profile E=|prepare" "$OUT/probe_$name.log"
+done
+grep -A12 "profile E=" "$OUT/probe_base.log" | cut -c1-150
