@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# One device call: where the arithmetic step's time goes, and three cheap ways to cut it.
-#   base     the pipeline's step (bf16, shared prefixes, dynamic sizes, combo kernels), timed at
-#            6, 9, 51 and 189 members, then its top kernels profiled at 189 and 6 (their Triton
-#            sources into kernels.txt)
+# One device call: where the arithmetic step's time goes, and cheap ways to cut it.
+# VARIANTS lists "name:inductor options:flag to drop" (options comma-separated, "-" for none;
+# flag "_" drops nothing); the first is profiled too (its top kernels at 189 and 6 members, and
+# their Triton sources into kernels.txt). The default list, run in the twelfth session:
+#   base     the pipeline's step (bf16, shared prefixes, dynamic sizes, combo kernels), timed
+#            at 6, 9, 51 and 189 members
 #   noprefix the same step without shared prefixes (fewer kernels: small ensembles are bound
 #            by kernel count, not work)
 #   nosplit  inductor's split_reductions off
 #   aggr     inductor's aggressive_fusion on
 # Each variant compiles in its own process beside the others and times after the one before
 # (GP_WAIT_FOR), so timings do not overlap. A table per variant is printed last.
-# Usage on the device: OUT=... scripts/gpu_profile.sh
+# Usage on the device: OUT=... [VARIANTS="..."] [PROFILE=0] scripts/gpu_profile.sh
 set -uo pipefail
 OUT=${OUT:-gpu_profile}
 mkdir -p "$OUT"
@@ -34,14 +36,21 @@ probe() { # name, inductor options, the flag to drop, extra specs, the variant t
     timeout "$LIMIT" python3 scripts/gpu_probe.py $specs $extra > "$OUT/probe_$name.log" 2>&1
   touch "$OUT/$name.done"
 }
-probe base "" "_" "189:bf16:csdkP 6:bf16:csdkP" "" &
-probe noprefix "" "s" "" base &
-probe nosplit "split_reductions=0" "_" "" noprefix &
-probe aggr "aggressive_fusion=1" "_" "" nosplit &
+VARIANTS=${VARIANTS:-"base:-:_ noprefix:-:s nosplit:split_reductions=0:_ aggr:aggressive_fusion=1:_"}
+prev="" first=1 names=""
+for v in $VARIANTS; do
+  IFS=: read -r name opts drop <<< "$v"
+  [ "$opts" = "-" ] && opts=""
+  extra=""
+  [ -n "$first" ] && [ "${PROFILE:-1}" = 1 ] && extra="189:bf16:csdkP 6:bf16:csdkP"
+  probe "$name" "$opts" "$drop" "$extra" "$prev" &
+  prev=$name first="" names="$names $name"
+done
 wait
 echo "== $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), $(($(date +%s) - t0)) s =="
-for name in base noprefix nosplit aggr; do
+for name in $names; do
   echo "-- $name"
   grep -E "^\| [0-9]|profile E=|prepare" "$OUT/probe_$name.log"
 done
-grep -A12 "profile E=" "$OUT/probe_base.log" | cut -c1-150
+first=${names# } && first=${first%% *}
+grep -A12 "profile E=" "$OUT/probe_$first.log" | cut -c1-150
