@@ -9,6 +9,8 @@
 #   scripts/gpu_pipeline.sh collect DIR      copy dvc.lock, the timed log, and archives of the
 #                                            metrics, figures, curves and each experiment's
 #                                            per-job training timings
+#   scripts/gpu_pipeline.sh times [LOG]      each stage's wall seconds, read from the timed log
+#                                            (also on a collected copy, on any machine)
 #
 # GP_SET="key=value ..." sets params.yaml keys (dotted paths, YAML values) in the copy before
 # the run, e.g. GP_SET="defaults.arithmetic.train.precision=bf16".
@@ -89,8 +91,14 @@ collect)
   tar czf "$out/curves.tgz" reports/curves 2>/dev/null
   tar czf "$out/timings.tgz" data/runs/*/timing.json 2>/dev/null
   ;;
+times)
+  # a stage runs from its "Running stage" line to the next one, the last to the EXIT line
+  awk '/Running stage/ { if (name) printf "%-34s %5d s\n", name, $1 - t; t = $1; name = $4 }
+       /^EXIT/ { if (name) printf "%-34s %5d s\n", name, $4 - t; print }' "${2:-$W/pipeline.log}" |
+    tr -d "':"
+  ;;
 *)
-  echo "usage: $0 start | wait SECONDS | collect DIR" >&2
+  echo "usage: $0 start | wait SECONDS | collect DIR | times [LOG]" >&2
   exit 2
   ;;
 esac
