@@ -7,11 +7,15 @@ Diagnostics for BENCHMARKS.md, not a test. Each argument is one measurement,
   d  compile ensemble and task sizes as dynamic (cache reuse across ensembles)
   k  inductor's combo kernels (as the engine compiles ensembles of 2+ runs; see EngineOptions)
   P  profile the compiled step (top kernels) instead of timing it
+  g  deterministic gathers (`engine.deterministic`: no atomic adds in their backward)
+  r  after timing, train a second ensemble of the same runs and say whether its history
+     (losses and accuracies at every evaluation) is bit-identical to the first one's
 Example: `python scripts/gpu_probe.py 64:tf32:c 64:tf32:cs 64:tf32:csd 64:bf16:csd 64:tf32:csdP`
 `GP_INDUCTOR="max_autotune_gemm=1,triton.autotune_pointwise=0"` sets inductor config options
 for the whole probe. Every measurement traces its own step: a step saved by an earlier probe
 (`precompiled`) may have been compiled with other inductor options, which its key does not hold.
-A table of every timed measurement is printed last.
+`GP_DETERMINISTIC=1` runs the whole probe under `torch.use_deterministic_algorithms(True)`
+(inductor then avoids atomic adds). A table of every timed measurement is printed last.
 """
 
 import os
@@ -24,6 +28,10 @@ import torch._inductor.config as inductor_config
 from grokpipe.bench import power_block
 from grokpipe.train.ensemble import EngineOptions, EnsembleTrainer
 from grokpipe.train.members import members_from_block
+
+if os.environ.get("GP_DETERMINISTIC"):
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts
+    torch.use_deterministic_algorithms(True)
 
 T0 = time.perf_counter()
 DEVICE = os.environ.get("GP_DEVICE", "cuda")  # "cpu" to smoke-test the probe itself
@@ -52,6 +60,7 @@ def trainer(E, precision, flags, steps):
         share_prefixes="s" in flags,
         dynamic_sizes="d" in flags,
         combo_kernels="k" in flags,
+        deterministic="g" in flags,
         precompiled=False,
     )
     return EnsembleTrainer(members_from_block(block), opts)
@@ -73,6 +82,16 @@ def timed(t, E, precision, flags):
     row = (E, precision, flags, t.timing.compile_s, sps, E * sps)
     ROWS.append(row + (torch.cuda.max_memory_allocated() / 2**30 if CUDA else 0.0,))
     log(f"E={E} {precision} {flags}: {sps:.0f} steps/s, {row[5]:.0f} m-s/s")
+    if "r" in flags:
+        again = prepared(E, precision, flags, t.cfg.train.steps)
+        again.run()
+        a, b = t.history.cpu(), again.history.cpu()
+        same = torch.equal(a.nan_to_num(-1.0), b.nan_to_num(-1.0))
+        diff = (a - b).abs().nan_to_num(0.0).max().item()
+        log(
+            f"E={E} {precision} {flags}: repeat {'bit-identical' if same else 'differs'}"
+            f" (largest difference {diff:.3g})"
+        )
 
 
 def profile(E, precision, flags, steps=20):
@@ -136,6 +155,8 @@ if __name__ == "__main__":
     # compile everything first, then time: two probes may compile side by side and time in turn
     ready = [(s, prepared(*s)) for s in specs if "P" not in s[2]]
     log(torch._dynamo.utils.compile_times())
+    if os.environ.get("GP_COMPILED"):  # for a probe that waits until this one has compiled
+        open(os.environ["GP_COMPILED"], "w").close()
     wait_for(os.environ.get("GP_WAIT_FOR"))
     for (E, precision, flags, _), t in ready:
         timed(t, E, precision, flags)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call: where the arithmetic step's time goes, and cheap ways to cut it.
-# VARIANTS lists "name:inductor options:flag to drop" (options comma-separated, "-" for none;
-# flag "_" drops nothing); the first is profiled too (its top kernels at 189 and 6 members, and
+# VARIANTS lists "name:inductor options:flag to drop[:VAR=value]" (options comma-separated,
+# "-" for none; flag "_" drops nothing; VAR=value is set in the variant's environment, e.g.
+# GP_DETERMINISTIC=1); the first is profiled too (its top kernels at 189 and 6 members, and
 # their Triton sources into kernels.txt). The default list, run in the twelfth session:
 #   base     the pipeline's step (bf16, shared prefixes, dynamic sizes, combo kernels), timed
 #            at 6, 9, 51 and 189 members
@@ -9,8 +10,10 @@
 #            by kernel count, not work)
 #   nosplit  inductor's split_reductions off
 #   aggr     inductor's aggressive_fusion on
-# Each variant compiles in its own process beside the others and times after the one before
-# (GP_WAIT_FOR), so timings do not overlap. A table per variant is printed last.
+# Each variant compiles in its own process beside the others; the first times once every
+# compile is done, each later one after the one before (GP_WAIT_FOR), so timings overlap
+# neither each other nor a compile. (In the twelfth session's two calls the first variant
+# timed while the others still compiled.) A table per variant is printed last.
 # Usage on the device: OUT=... [VARIANTS="..."] [PROFILE=0] scripts/gpu_profile.sh
 set -uo pipefail
 OUT=${OUT:-gpu_profile}
@@ -24,33 +27,41 @@ fi
 LIMIT=${LIMIT:-540}
 SIZES=${SIZES:-"6:bf16:csdk:5000 9:bf16:csdk:5000 51:bf16:csdk:2000 189:bf16:csdk:600"}
 t0=$(date +%s)
-probe() { # name, inductor options, the flag to drop, extra specs, the variant timed before
-  local name=$1 opts=$2 drop=$3 extra=$4 prev=$5 specs=""
+probe() { # name, inductor options, the flag to drop, extra specs, the marker to wait for, env
+  local name=$1 opts=$2 drop=$3 extra=$4 after=$5 env=${6:-GP_NONE=} specs=""
   for s in $SIZES; do
     IFS=: read -r e p f n <<< "$s"
     specs="$specs $e:$p:${f//$drop/}:$n"
   done
   # shellcheck disable=SC2086
-  GP_INDUCTOR="$opts" GP_WAIT_FOR="${prev:+$OUT/$prev.done}" GP_DONE="$OUT/$name.done" \
-    GP_KERNELS="$OUT/kernels.txt" TORCHINDUCTOR_CACHE_DIR="/tmp/inductor_$name" \
+  env "$env" GP_INDUCTOR="$opts" GP_WAIT_FOR="$after" GP_DONE="$OUT/$name.done" \
+    GP_COMPILED="$OUT/$name.compiled" GP_KERNELS="$OUT/kernels.txt" \
+    TORCHINDUCTOR_CACHE_DIR="/tmp/inductor_$name" \
     timeout "$LIMIT" python3 scripts/gpu_probe.py $specs $extra > "$OUT/probe_$name.log" 2>&1
-  touch "$OUT/$name.done"
+  touch "$OUT/$name.done" "$OUT/$name.compiled"
 }
 VARIANTS=${VARIANTS:-"base:-:_ noprefix:-:s nosplit:split_reductions=0:_ aggr:aggressive_fusion=1:_"}
-prev="" first=1 names=""
+names=""
+for v in $VARIANTS; do names="$names ${v%%:*}"; done
+last=${names##* }
+# the first variant times once the last has compiled (every compile done: none slows a
+# timing); each later one after the one before it has timed
+prev="" first=1
 for v in $VARIANTS; do
-  IFS=: read -r name opts drop <<< "$v"
+  IFS=: read -r name opts drop venv <<< "$v"
   [ "$opts" = "-" ] && opts=""
   extra=""
   [ -n "$first" ] && [ "${PROFILE:-1}" = 1 ] && extra="189:bf16:csdkP 6:bf16:csdkP"
-  probe "$name" "$opts" "$drop" "$extra" "$prev" &
-  prev=$name first="" names="$names $name"
+  after=$OUT/$last.compiled
+  [ -n "$prev" ] && after=$OUT/$prev.done
+  probe "$name" "$opts" "$drop" "$extra" "$after" "$venv" &
+  prev=$name first=""
 done
 wait
 echo "== $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), $(($(date +%s) - t0)) s =="
 for name in $names; do
   echo "-- $name"
-  grep -E "^\| [0-9]|profile E=|prepare" "$OUT/probe_$name.log"
+  grep -E "^\| [0-9]|profile E=|prepare|repeat|Error" "$OUT/probe_$name.log"
 done
 first=${names# } && first=${first%% *}
 grep -A12 "profile E=" "$OUT/probe_$first.log" | cut -c1-150

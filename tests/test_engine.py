@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from grokpipe.train.ensemble import EngineOptions, EnsembleTrainer, group_key
@@ -63,6 +64,23 @@ def test_shared_prefixes_train_like_the_plain_forward():
     for a, b in zip(runs[True], runs[False]):
         assert max_rel(a.metrics["train_loss"], b.metrics["train_loss"]) < 1e-4
         assert max_rel(a.metrics["val_loss"], b.metrics["val_loss"]) < 1e-4
+
+
+def test_deterministic_gathers_train_like_the_indexed_ones():
+    """`engine.deterministic` changes only the order in which gathered rows' gradients are
+    summed: the same runs train to the same curves, with and without shared prefixes."""
+    members = members_from_block(block({"seed": [0, 1, 2]}))
+    for share in (True, False):
+        runs = {}
+        for deterministic in (False, True):
+            opts = EngineOptions(progress=False, share_prefixes=share, deterministic=deterministic)
+            t = EnsembleTrainer(members, opts)
+            assert t.model.deterministic_gathers == deterministic
+            assert t.run() == "done"
+            runs[deterministic] = t.results()
+        for a, b in zip(runs[True], runs[False]):
+            assert max_rel(a.metrics["train_loss"], b.metrics["train_loss"]) < 1e-5
+            assert max_rel(a.metrics["val_loss"], b.metrics["val_loss"]) < 1e-5
 
 
 def test_per_member_hyperparameters_and_schedules():
@@ -274,12 +292,16 @@ def test_bf16_members_train_like_runs_alone():
     assert max_rel(together[2].metrics["train_loss"], alone.metrics["train_loss"]) < 1e-5
 
 
-def test_compiled_step_is_one_graph_reused_by_another_ensemble_size():
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_compiled_step_is_one_graph_reused_by_another_ensemble_size(deterministic):
     """The step and the evaluation trace as full graphs (a graph break would be an error) that
     match eager execution, and a later ensemble of another size reuses them (dynamic sizes)
-    without recompiling. Traced with "aot_eager" (no kernel generation) to stay quick on CPU."""
+    without recompiling; with deterministic gathers too (one-hot products over a dynamic
+    vocabulary). Traced with "aot_eager" (no kernel generation) to stay quick on CPU."""
     members = members_from_block(block({"seed": [0, 1, 2]}, steps=40))
-    opts = EngineOptions(progress=False, compile=True, compile_backend="aot_eager")
+    opts = EngineOptions(
+        progress=False, compile=True, compile_backend="aot_eager", deterministic=deterministic
+    )
     eager = train(members)
     t = EnsembleTrainer(members, opts)
     assert t.run() == "done"

@@ -85,3 +85,17 @@ def test_combo_kernels_are_for_compiled_cuda_steps_of_two_runs_or_more():
     two, one = EnsembleTrainer(members, opts), EnsembleTrainer(members[:1], opts)
     assert two.combo_kernels_on and not one.combo_kernels_on
     assert two.saved_step_keys() != one.saved_step_keys()
+
+
+def test_deterministic_gathers_are_an_engine_setting_with_their_own_saved_step():
+    """`engine.deterministic` reaches the model on every device, is checked as a boolean, and
+    is part of the saved step's key (the two compile different graphs)."""
+    assert EngineConfig(deterministic=True).options("cuda:0").deterministic
+    assert not EngineConfig().options("cpu").deterministic
+    with pytest.raises(ConfigError, match="engine.deterministic"):
+        engine_config({"engine": {"deterministic": "yes"}})
+    members = members_from_block(block({"seed": [0, 1]}, steps=10))
+    plain = EnsembleTrainer(members, EngineOptions(progress=False))
+    fixed = EnsembleTrainer(members, EngineOptions(progress=False, deterministic=True))
+    assert fixed.model.deterministic_gathers and not plain.model.deterministic_gathers
+    assert fixed.saved_step_keys() != plain.saved_step_keys()

@@ -282,3 +282,28 @@ def test_bf16_multiplies_the_blocks_in_bfloat16_and_keeps_the_logits_float32(mon
     assert seen[-1] == (torch.float32, torch.float32)  # the unembedding
     assert set(seen[:-1]) == {(torch.bfloat16, torch.bfloat16)}
     assert torch.allclose(out, full, atol=0.05)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_deterministic_gathers_take_the_same_rows_and_gradients(dtype):
+    """`take` as a one-hot product (`deterministic_gathers`) returns exactly the indexed rows,
+    of an embedding table [E, V, d] and of prefix states [E, U, P, d], and its backward adds
+    each table row's gradients like the indexed gather's does."""
+    model = build_model("transformer", TransformerConfig(n_layers=1, d_model=16), TOKEN_INFO, 3)
+    g = torch.Generator().manual_seed(0)
+    for table_shape, index_shape in (((3, 13, 16), (3, 5, 4)), ((3, 7, 2, 16), (3, 9))):
+        table = torch.randn(table_shape, generator=g).to(dtype)
+        index = torch.randint(0, table_shape[1], index_shape, generator=g)
+        grad_out = torch.randn(*index_shape, *table_shape[2:], generator=g).to(dtype)
+        out, grads = {}, {}
+        for deterministic in (False, True):
+            model.deterministic_gathers = deterministic
+            t = table.clone().requires_grad_(True)
+            out[deterministic] = model.take(t, index)
+            out[deterministic].backward(grad_out)
+            grads[deterministic] = t.grad
+        assert out[True].shape == (*index_shape, *table_shape[2:])
+        assert out[True].dtype == dtype
+        assert torch.equal(out[True], out[False])
+        tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
+        assert torch.allclose(grads[True].double(), grads[False].double(), rtol=tol, atol=tol)

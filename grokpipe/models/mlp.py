@@ -62,12 +62,7 @@ class MLP(EnsembleModel):
         return self._layers(x, stop_after=1)
 
     def _layers(self, x: Tensor, stop_after: int | None = None) -> Tensor:
-        E = x.shape[0]
-        if self.tokens:
-            member = torch.arange(E, device=x.device).reshape(E, 1, 1)
-            h = self.embed[member, x].flatten(2)  # [E, B, T*d]
-        else:
-            h = x
+        h = self.take(self.embed, x).flatten(2) if self.tokens else x  # tokens: [E, B, T*d]
         act = ACTIVATIONS[self.cfg.activation]
         for i in range(self.n_linear):
             h = self.mm(h, getattr(self, f"w{i}"))

@@ -81,6 +81,10 @@ class EngineOptions:
     # on torch 2.11 that one compiled a combined kernel that failed with an unspecified launch
     # failure (eighth session, p 31, d 64, its sizes of 1 specialised)
     combo_kernels: bool = False
+    # gathers whose backward has a fixed summation order (`EnsembleModel.take`): a run trains
+    # to the same bits every time on the same GPU and code, instead of drifting by the order
+    # of atomic adds
+    deterministic: bool = False
 
 
 @dataclass
@@ -295,6 +299,13 @@ class EnsembleTrainer:
         self.model = build_model(cfg.model_name, cfg.model, info, E).to(dev)
         # bf16: matrix products in bfloat16, the rest in float32 (`EnsembleModel.mm`)
         self.model.matmul_dtype = torch.bfloat16 if tc.precision == "bf16" else None
+        if opts.deterministic and dev.type == "cuda" and tc.precision == "tf32":
+            raise ValueError(
+                "engine.deterministic takes rows as one-hot matrix products, exact only in full "
+                "float32: train.precision tf32 would round every gathered weight (use bf16 or "
+                "fp32)"
+            )
+        self.model.deterministic_gathers = opts.deterministic
         for i, m in enumerate(members):
             gen = torch.Generator().manual_seed(m.config.seed)
             self.model.init_member(i, gen, m.config.model.init_scale, m.data.info)
@@ -404,6 +415,7 @@ class EnsembleTrainer:
             "uniform_schedule": self.uniform_schedule,
             "dynamic_sizes": self.opts.dynamic_sizes,
             "combo_kernels": self.combo_kernels_on,
+            "deterministic": self.opts.deterministic,
             "padded_classes": self.class_mask is not None,
             "device": str(self.device),
         }
