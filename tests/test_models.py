@@ -307,3 +307,21 @@ def test_deterministic_gathers_take_the_same_rows_and_gradients(dtype):
         assert torch.equal(out[True], out[False])
         tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
         assert torch.allclose(grads[True].double(), grads[False].double(), rtol=tol, atol=tol)
+
+
+def test_deterministic_gathers_are_products_only_where_a_backward_follows(monkeypatch):
+    """Inside a gradient (`torch.func.grad`, as the training step) `take` multiplies by a
+    one-hot matrix; without grad (evaluation) it keeps the indexed gather, whose forward has
+    no atomic adds."""
+    model = build_model("transformer", TransformerConfig(n_layers=1, d_model=16), TOKEN_INFO, 3)
+    model.deterministic_gathers = True
+    table, index = torch.randn(3, 13, 16), torch.randint(0, 13, (3, 5, 4))
+    products = []
+    bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda a, b: products.append(a.shape) or bmm(a, b))
+    with torch.no_grad():
+        rows = model.take(table, index)
+    assert products == []
+    torch.func.grad(lambda t: model.take(t, index).sum())(table)
+    assert products == [(3, 20, 13)]
+    assert torch.equal(rows, table[torch.arange(3).reshape(3, 1, 1), index])

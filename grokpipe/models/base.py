@@ -54,9 +54,11 @@ class EnsembleModel(nn.Module):
         differed by up to 6.8 after 3 000 steps). With `deterministic_gathers` the rows are
         taken as a product with a one-hot matrix instead. Its forward is exact (one product by
         1.0 per output, in the table's dtype, under exact float32 matrix products: not TF32),
-        and its backward is a matrix product, whose order is fixed."""
+        and its backward is a matrix product, whose order is fixed. Only where a backward may
+        follow (grad enabled, as inside the step's `torch.func.grad`): the indexed gather's
+        forward is deterministic already, so evaluation keeps it."""
         E, U = table.shape[0], table.shape[1]
-        if not self.deterministic_gathers:
+        if not (self.deterministic_gathers and torch.is_grad_enabled()):
             member = torch.arange(E, device=index.device).reshape(E, *([1] * (index.dim() - 1)))
             return table[member, index]
         rows = index.reshape(E, -1, 1)
