@@ -31,14 +31,8 @@ start)
     echo "threadpoolctl missing: add its wheel (pip download --no-deps threadpoolctl -d .whl)" >&2
     exit 1
   }
-  # once per machine (see byte_compile_site), and let this run cache its own bytecode
-  if [ -n "${PYTHONDONTWRITEBYTECODE:-}" ] && [ ! -f /tmp/bytecode.done ]; then
-    b0=$(date +%s)
-    byte_compile_site > /dev/null 2>&1
-    echo "byte-compiled site-packages and /tmp/site in $(($(date +%s) - b0)) s (machine set-up, not in the pipeline's time)"
-    touch /tmp/bytecode.done
-  fi
-  unset PYTHONDONTWRITEBYTECODE
+  byte_compile_site_once
+  unset PYTHONDONTWRITEBYTECODE  # and let this run cache its own bytecode
   mkdir -p /tmp/bin
   printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v python3)" > /tmp/bin/python
   chmod +x /tmp/bin/python

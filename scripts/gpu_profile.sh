@@ -21,9 +21,7 @@ mkdir -p "$OUT"
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 # shellcheck source=scripts/gpu_site.sh
 source "$(dirname "$0")/gpu_site.sh"
-if [ -n "${PYTHONDONTWRITEBYTECODE:-}" ] && [ ! -f /tmp/bytecode.done ]; then
-  byte_compile_site > /dev/null 2>&1 && touch /tmp/bytecode.done
-fi
+byte_compile_site_once
 LIMIT=${LIMIT:-540}
 SIZES=${SIZES:-"6:bf16:csdk:5000 9:bf16:csdk:5000 51:bf16:csdk:2000 189:bf16:csdk:600"}
 t0=$(date +%s)
