@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One device call: where the arithmetic step's time goes, and cheap ways to cut it.
 # VARIANTS lists "name:inductor options:flag to drop[:VAR=value]" (options comma-separated,
-# "-" for none; flag "_" drops nothing; VAR=value is set in the variant's environment, e.g.
-# GP_DETERMINISTIC=1); the first is profiled too (its top kernels at 189 and 6 members, and
-# their Triton sources into kernels.txt). The default list, run in the twelfth session:
+# "-" for none; flag "_" drops nothing, "+g" adds flag g; VAR=value is set in the variant's
+# environment, e.g. GP_DETERMINISTIC=1); the first is profiled too (its top kernels at 189
+# and 6 members, and their Triton sources into kernels.txt). The default list, run in the twelfth session:
 #   base     the pipeline's step (bf16, shared prefixes, dynamic sizes, combo kernels), timed
 #            at 6, 9, 51 and 189 members
 #   noprefix the same step without shared prefixes (fewer kernels: small ensembles are bound
@@ -29,7 +29,8 @@ probe() { # name, inductor options, the flag to drop, extra specs, the marker to
   local name=$1 opts=$2 drop=$3 extra=$4 after=$5 env=${6:-GP_NONE=} specs=""
   for s in $SIZES; do
     IFS=: read -r e p f n <<< "$s"
-    specs="$specs $e:$p:${f//$drop/}:$n"
+    if [ "${drop#+}" != "$drop" ]; then f="$f${drop#+}"; else f=${f//$drop/}; fi
+    specs="$specs $e:$p:$f:$n"
   done
   # shellcheck disable=SC2086
   env "$env" GP_INDUCTOR="$opts" GP_WAIT_FOR="$after" GP_DONE="$OUT/$name.done" \

@@ -286,9 +286,9 @@ def test_bf16_multiplies_the_blocks_in_bfloat16_and_keeps_the_logits_float32(mon
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 def test_deterministic_gathers_take_the_same_rows_and_gradients(dtype):
-    """`take` as a one-hot product (`deterministic_gathers`) returns exactly the indexed rows,
-    of an embedding table [E, V, d] and of prefix states [E, U, P, d], and its backward adds
-    each table row's gradients like the indexed gather's does."""
+    """`take` with `deterministic_gathers` returns the indexed rows bit for bit, of an
+    embedding table [E, V, d] and of prefix states [E, U, P, d], and its backward adds each
+    table row's gradients like the indexed gather's does."""
     model = build_model("transformer", TransformerConfig(n_layers=1, d_model=16), TOKEN_INFO, 3)
     g = torch.Generator().manual_seed(0)
     for table_shape, index_shape in (((3, 13, 16), (3, 5, 4)), ((3, 7, 2, 16), (3, 9))):
@@ -303,16 +303,16 @@ def test_deterministic_gathers_take_the_same_rows_and_gradients(dtype):
             out[deterministic].backward(grad_out)
             grads[deterministic] = t.grad
         assert out[True].shape == (*index_shape, *table_shape[2:])
-        assert out[True].dtype == dtype
+        assert out[True].dtype == grads[True].dtype == dtype
         assert torch.equal(out[True], out[False])
         tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
         assert torch.allclose(grads[True].double(), grads[False].double(), rtol=tol, atol=tol)
 
 
-def test_deterministic_gathers_are_products_only_where_a_backward_follows(monkeypatch):
-    """Inside a gradient (`torch.func.grad`, as the training step) `take` multiplies by a
-    one-hot matrix; without grad (evaluation) it keeps the indexed gather, whose forward has
-    no atomic adds."""
+def test_deterministic_gathers_multiply_only_in_the_backward(monkeypatch):
+    """The forward is the indexed gather (no product, with or without grad); the gradient
+    (`torch.func.grad`, as the training step takes it) is one one-hot product [E, U, R] @
+    [E, R, F], whose operands' leading dimension is R rows rather than the U-row table's."""
     model = build_model("transformer", TransformerConfig(n_layers=1, d_model=16), TOKEN_INFO, 3)
     model.deterministic_gathers = True
     table, index = torch.randn(3, 13, 16), torch.randint(0, 13, (3, 5, 4))
@@ -321,7 +321,12 @@ def test_deterministic_gathers_are_products_only_where_a_backward_follows(monkey
     monkeypatch.setattr(torch, "bmm", lambda a, b: products.append(a.shape) or bmm(a, b))
     with torch.no_grad():
         rows = model.take(table, index)
+    assert torch.equal(model.take(table.requires_grad_(True), index), rows)
     assert products == []
-    torch.func.grad(lambda t: model.take(t, index).sum())(table)
-    assert products == [(3, 20, 13)]
+    grad = torch.func.grad(lambda t: model.take(t, index).square().sum())(table.detach())
+    assert products == [(3, 13, 20)]
     assert torch.equal(rows, table[torch.arange(3).reshape(3, 1, 1), index])
+    expected = torch.zeros(3, 13, 16).index_put_(
+        (torch.arange(3).reshape(3, 1, 1).expand(3, 5, 4), index), 2 * rows, accumulate=True
+    )
+    assert torch.allclose(grad, expected, atol=1e-5)

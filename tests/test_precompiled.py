@@ -166,3 +166,18 @@ def test_a_rebuild_down_to_one_run_is_costed_as_a_compile(store):
     static = dataclasses.replace(OPTS, dynamic_sizes=False)
     s, _ = run(members_from_block(block({"seed": [0, 1, 2]})), static)
     assert s.rebuild_estimate_s(2) == pytest.approx(s.timing.setup_s + s.timing.compile_s)
+
+
+def test_a_deterministic_step_is_saved_and_loaded_like_the_default(tmp_path, monkeypatch):
+    """`engine.deterministic`'s gathers are a custom autograd function inside the traced step:
+    it saves and loads across processes as the default step does, and trains as eager."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    options = {"compile": True, "compile_backend": "aot_eager", "deterministic": True}
+    first = block({"seed": [0, 1, 2]})
+    source, _ = train_in_new_process(first, **options)
+    assert source == {"train_step": "traced", "eval_chunk": "traced"}
+    later = block({"seed": [5, 6]}, p=17, steps=40)
+    source, loss = train_in_new_process(later, **options)
+    assert source == {"train_step": "disk", "eval_chunk": "disk"}
+    _, eager = run(members_from_block(later), EngineOptions(progress=False, deterministic=True))
+    np.testing.assert_allclose(loss, eager, rtol=1e-5)

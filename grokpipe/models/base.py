@@ -28,7 +28,7 @@ class EnsembleModel(nn.Module):
         self.n_members = n_members
         # bfloat16 for mixed precision, None to multiply in the inputs' dtype (see `mm`)
         self.matmul_dtype: torch.dtype | None = None
-        # rows gathered as one-hot products, whose backward has a fixed order (see `take`)
+        # gathers whose backward sums in a fixed order, without atomic adds (see `take`)
         self.deterministic_gathers = False
 
     def mm(self, x: Tensor, w: Tensor) -> Tensor:
@@ -51,20 +51,12 @@ class EnsembleModel(nn.Module):
         The backward of an indexed gather adds each row's gradient into the table with atomic
         adds on a GPU, in an order that changes from run to run; training is chaotic enough
         that two runs of the same seed then drift apart (twelfth session, H100: histories
-        differed by up to 6.8 after 3 000 steps). With `deterministic_gathers` the rows are
-        taken as a product with a one-hot matrix instead. Its forward is exact (one product by
-        1.0 per output, in the table's dtype, under exact float32 matrix products: not TF32),
-        and its backward is a matrix product, whose order is fixed. Only where a backward may
-        follow (grad enabled, as inside the step's `torch.func.grad`): the indexed gather's
-        forward is deterministic already, so evaluation keeps it."""
-        E, U = table.shape[0], table.shape[1]
-        if not (self.deterministic_gathers and torch.is_grad_enabled()):
-            member = torch.arange(E, device=index.device).reshape(E, *([1] * (index.dim() - 1)))
-            return table[member, index]
-        rows = index.reshape(E, -1, 1)
-        one_hot = (rows == torch.arange(U, device=index.device)).to(table.dtype)  # [E, R, U]
-        out = torch.bmm(one_hot, table.reshape(E, U, -1))
-        return out.reshape(*index.shape, *table.shape[2:])
+        differed by up to 6.8 after 3 000 steps). With `deterministic_gathers` the forward is
+        the same gather, and the backward adds the gradients as a product with a one-hot
+        matrix, whose order is fixed (`_RowsSummedInFixedOrder`)."""
+        if self.deterministic_gathers:
+            return _RowsSummedInFixedOrder.apply(table, index)
+        return gather_rows(table, index)
 
     def new_param(self, *shape: int) -> nn.Parameter:
         return nn.Parameter(torch.zeros(self.n_members, *shape))
@@ -133,6 +125,46 @@ def torch_linear_init(fan_in: int, shape, gen: torch.Generator) -> Tensor:
 
 def xavier_uniform(fan_in: int, fan_out: int, shape, gen: torch.Generator) -> Tensor:
     return uniform(shape, math.sqrt(6.0 / (fan_in + fan_out)), gen)
+
+
+def gather_rows(table: Tensor, index: Tensor) -> Tensor:
+    """Member e's rows `index[e]` of `table[e]`: table [E, U, ...], index [E, ...]."""
+    E = table.shape[0]
+    member = torch.arange(E, device=index.device).reshape(E, *([1] * (index.dim() - 1)))
+    return table[member, index]
+
+
+class _RowsSummedInFixedOrder(torch.autograd.Function):
+    """`gather_rows` whose backward is deterministic: the gradient of each table row is the
+    sum of its gathered rows' gradients, taken as a product of a one-hot matrix [E, U, R] with
+    the gradients [E, R, F] (a fixed summation order) rather than as atomic adds.
+
+    The forward is the indexed gather itself, so it is bit for bit the default path's (the
+    twelfth session multiplied in the forward too, at -27 % steps/s on the H100: the product
+    replaced a gather inductor fuses into the next kernel, and the embedding's needed exact
+    float32). The one-hot matrix is built [U, R] per member so that the product's operands
+    have aligned leading dimensions (R rows) for tensor-core kernels; under `train.precision:
+    tf32` the float32 product is a TF32 one, as every other weight gradient is.
+    `setup_context` apart from `forward`, so that `torch.func.grad` (the step) accepts it."""
+
+    @staticmethod
+    def forward(table: Tensor, index: Tensor) -> Tensor:
+        return gather_rows(table, index)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        table, index = inputs
+        ctx.save_for_backward(index)
+        ctx.table_shape = table.shape
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (index,) = ctx.saved_tensors
+        E, U = ctx.table_shape[0], ctx.table_shape[1]
+        rows = index.reshape(E, 1, -1)
+        one_hot = (torch.arange(U, device=index.device).reshape(1, U, 1) == rows).to(grad.dtype)
+        summed = torch.bmm(one_hot, grad.reshape(E, rows.shape[2], -1))  # [E, U, F]
+        return summed.reshape(ctx.table_shape), None
 
 
 def bmm(x: Tensor, w: Tensor) -> Tensor:

@@ -299,12 +299,6 @@ class EnsembleTrainer:
         self.model = build_model(cfg.model_name, cfg.model, info, E).to(dev)
         # bf16: matrix products in bfloat16, the rest in float32 (`EnsembleModel.mm`)
         self.model.matmul_dtype = torch.bfloat16 if tc.precision == "bf16" else None
-        if opts.deterministic and dev.type == "cuda" and tc.precision == "tf32":
-            raise ValueError(
-                "engine.deterministic takes rows as one-hot matrix products, exact only in full "
-                "float32: train.precision tf32 would round every gathered weight (use bf16 or "
-                "fp32)"
-            )
         self.model.deterministic_gathers = opts.deterministic
         for i, m in enumerate(members):
             gen = torch.Generator().manual_seed(m.config.seed)
