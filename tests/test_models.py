@@ -284,12 +284,21 @@ def test_bf16_multiplies_the_blocks_in_bfloat16_and_keeps_the_logits_float32(mon
     assert torch.allclose(out, full, atol=0.05)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-def test_deterministic_gathers_take_the_same_rows_and_gradients(dtype):
+@pytest.mark.parametrize(
+    "dtype, matmul_dtype",
+    [
+        (torch.float32, None),
+        (torch.bfloat16, None),
+        (torch.float64, None),
+        (torch.float32, torch.bfloat16),  # the embedding under `precision: bf16`
+    ],
+)
+def test_deterministic_gathers_take_the_same_rows_and_gradients(dtype, matmul_dtype):
     """`take` with `deterministic_gathers` returns the indexed rows bit for bit, of an
     embedding table [E, V, d] and of prefix states [E, U, P, d], and its backward adds each
-    table row's gradients like the indexed gather's does."""
+    table row's gradients like the indexed gather's does (to the product's precision)."""
     model = build_model("transformer", TransformerConfig(n_layers=1, d_model=16), TOKEN_INFO, 3)
+    model.matmul_dtype = matmul_dtype
     g = torch.Generator().manual_seed(0)
     for table_shape, index_shape in (((3, 13, 16), (3, 5, 4)), ((3, 7, 2, 16), (3, 9))):
         table = torch.randn(table_shape, generator=g).to(dtype)
@@ -305,28 +314,67 @@ def test_deterministic_gathers_take_the_same_rows_and_gradients(dtype):
         assert out[True].shape == (*index_shape, *table_shape[2:])
         assert out[True].dtype == grads[True].dtype == dtype
         assert torch.equal(out[True], out[False])
-        tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
+        tol = 1e-2 if torch.bfloat16 in (dtype, matmul_dtype) else 1e-5
         assert torch.allclose(grads[True].double(), grads[False].double(), rtol=tol, atol=tol)
 
 
-def test_deterministic_gathers_multiply_only_in_the_backward(monkeypatch):
-    """The forward is the indexed gather (no product, with or without grad); the gradient
-    (`torch.func.grad`, as the training step takes it) is one one-hot product [E, U, R] @
-    [E, R, F], whose operands' leading dimension is R rows rather than the U-row table's."""
+def test_deterministic_gathers_are_products_only_where_a_backward_follows(monkeypatch):
+    """Inside a gradient (`torch.func.grad`, as the training step) the rows' gradient comes
+    from one one-hot product, read as [E, U, R] transposed (operands with R-row leading
+    dimensions); without grad (evaluation) `take` is the indexed gather alone, whose forward
+    has no atomic adds."""
     model = build_model("transformer", TransformerConfig(n_layers=1, d_model=16), TOKEN_INFO, 3)
     model.deterministic_gathers = True
     table, index = torch.randn(3, 13, 16), torch.randint(0, 13, (3, 5, 4))
     products = []
     bmm = torch.bmm
-    monkeypatch.setattr(torch, "bmm", lambda a, b: products.append(a.shape) or bmm(a, b))
+    monkeypatch.setattr(torch, "bmm", lambda a, b: products.append(a) or bmm(a, b))
     with torch.no_grad():
         rows = model.take(table, index)
-    assert torch.equal(model.take(table.requires_grad_(True), index), rows)
     assert products == []
-    grad = torch.func.grad(lambda t: model.take(t, index).square().sum())(table.detach())
-    assert products == [(3, 13, 20)]
+    grad = torch.func.grad(lambda t: model.take(t, index).square().sum())(table)
+    assert [(a.shape, a.stride()) for a in products] == [((3, 20, 13), (260, 1, 20))]
     assert torch.equal(rows, table[torch.arange(3).reshape(3, 1, 1), index])
     expected = torch.zeros(3, 13, 16).index_put_(
         (torch.arange(3).reshape(3, 1, 1).expand(3, 5, 4), index), 2 * rows, accumulate=True
     )
     assert torch.allclose(grad, expected, atol=1e-5)
+
+
+def test_compiled_gradient_of_deterministic_gathers_has_no_scatter():
+    """What the GPU's compiled step runs: torch.compile of `torch.func.grad` through the
+    transformer with shared prefixes (embedding and prefix key/value gathers). With
+    `deterministic_gathers` its joint graph holds no accumulating `index_put` (an atomic add
+    on a GPU, summing in a changing order); without, it does. A custom autograd function
+    would pass an eager test and still fail here: compile ignores its backward."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    from grokpipe.train.prefix import prefix_plan
+
+    E = 3
+    model = transformer(E, n_layers=2)
+    model.matmul_dtype = torch.bfloat16
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, TOKEN_INFO["vocab_size"], (E, 40, TOKEN_INFO["seq_len"]), generator=g)
+    plan = prefix_plan(x.numpy(), 2)
+    prefix = (torch.as_tensor(plan.table), torch.as_tensor(plan.row_prefix))
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def loss(p):
+        return torch.func.functional_call(model, p, (x[:, :, 2:],), {"prefix": prefix}).sum()
+
+    graphs = []
+
+    def keep(gm, _):
+        graphs.append(gm.code)
+        return make_boxed_func(gm.forward)
+
+    backend = aot_autograd(fw_compiler=keep, bw_compiler=keep)
+    for deterministic in (False, True):
+        model.deterministic_gathers = deterministic
+        graphs.clear()
+        torch._dynamo.reset()
+        torch.compile(torch.func.grad(loss), backend=backend, fullgraph=True)(params)
+        scatters = "".join(graphs).count("index_put")
+        assert (scatters == 0) == deterministic, (deterministic, scatters)

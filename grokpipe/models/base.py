@@ -28,7 +28,7 @@ class EnsembleModel(nn.Module):
         self.n_members = n_members
         # bfloat16 for mixed precision, None to multiply in the inputs' dtype (see `mm`)
         self.matmul_dtype: torch.dtype | None = None
-        # gathers whose backward sums in a fixed order, without atomic adds (see `take`)
+        # gathers whose gradients sum in a fixed order, without atomic adds (see `take`)
         self.deterministic_gathers = False
 
     def mm(self, x: Tensor, w: Tensor) -> Tensor:
@@ -51,12 +51,23 @@ class EnsembleModel(nn.Module):
         The backward of an indexed gather adds each row's gradient into the table with atomic
         adds on a GPU, in an order that changes from run to run; training is chaotic enough
         that two runs of the same seed then drift apart (twelfth session, H100: histories
-        differed by up to 6.8 after 3 000 steps). With `deterministic_gathers` the forward is
-        the same gather, and the backward adds the gradients as a product with a one-hot
-        matrix, whose order is fixed (`_RowsSummedInFixedOrder`)."""
-        if self.deterministic_gathers:
-            return _RowsSummedInFixedOrder.apply(table, index)
-        return gather_rows(table, index)
+        differed by up to 6.8 after 3 000 steps). With `deterministic_gathers`, where a
+        backward may follow (grad enabled, as inside the step's `torch.func.grad`), the rows
+        keep the gather's value but take their gradient from a product with a one-hot matrix,
+        whose backward is a matrix product: a fixed summation order.
+
+        The value stays the gather's bit for bit (the product enters as `p - p.detach()`, an
+        exact zero), so the product may run in `matmul_dtype`, on tensor cores, as every other
+        product of the step: the table's gradient is then rounded as the weights' gradients
+        are (bfloat16 under `bf16`, TF32 under `tf32`). A custom autograd function with a
+        one-hot backward would spare the forward product, but torch.compile traces through
+        `torch.func.grad` to the forward's own derivative and ignores custom backwards
+        (thirteenth session: its compiled step still scattered with atomic adds)."""
+        rows = gather_rows(table, index)
+        if not (self.deterministic_gathers and torch.is_grad_enabled()):
+            return rows
+        product = one_hot_rows(table, index, self.matmul_dtype or table.dtype)
+        return rows.detach() + (product - product.detach())
 
     def new_param(self, *shape: int) -> nn.Parameter:
         return nn.Parameter(torch.zeros(self.n_members, *shape))
@@ -134,37 +145,16 @@ def gather_rows(table: Tensor, index: Tensor) -> Tensor:
     return table[member, index]
 
 
-class _RowsSummedInFixedOrder(torch.autograd.Function):
-    """`gather_rows` whose backward is deterministic: the gradient of each table row is the
-    sum of its gathered rows' gradients, taken as a product of a one-hot matrix [E, U, R] with
-    the gradients [E, R, F] (a fixed summation order) rather than as atomic adds.
-
-    The forward is the indexed gather itself, so it is bit for bit the default path's (the
-    twelfth session multiplied in the forward too, at -27 % steps/s on the H100: the product
-    replaced a gather inductor fuses into the next kernel, and the embedding's needed exact
-    float32). The one-hot matrix is built [U, R] per member so that the product's operands
-    have aligned leading dimensions (R rows) for tensor-core kernels; under `train.precision:
-    tf32` the float32 product is a TF32 one, as every other weight gradient is.
-    `setup_context` apart from `forward`, so that `torch.func.grad` (the step) accepts it."""
-
-    @staticmethod
-    def forward(table: Tensor, index: Tensor) -> Tensor:
-        return gather_rows(table, index)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        table, index = inputs
-        ctx.save_for_backward(index)
-        ctx.table_shape = table.shape
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        (index,) = ctx.saved_tensors
-        E, U = ctx.table_shape[0], ctx.table_shape[1]
-        rows = index.reshape(E, 1, -1)
-        one_hot = (torch.arange(U, device=index.device).reshape(1, U, 1) == rows).to(grad.dtype)
-        summed = torch.bmm(one_hot, grad.reshape(E, rows.shape[2], -1))  # [E, U, F]
-        return summed.reshape(ctx.table_shape), None
+def one_hot_rows(table: Tensor, index: Tensor, dtype: torch.dtype) -> Tensor:
+    """`gather_rows` as a product in `dtype` of a one-hot matrix with the table. The one-hot
+    matrix is built [E, U, R] and read transposed, so that both products of its backward and
+    forward read operands whose leading dimension is R rows (aligned, for tensor-core
+    kernels), not the table's U rows (97 for mod 97: misaligned, 4x slower kernels)."""
+    E, U = table.shape[0], table.shape[1]
+    flat = index.reshape(E, 1, -1)
+    one_hot = (torch.arange(U, device=index.device).reshape(1, U, 1) == flat).to(dtype)
+    out = torch.bmm(one_hot.transpose(1, 2), table.reshape(E, U, -1).to(dtype))
+    return out.reshape(*index.shape, *table.shape[2:])
 
 
 def bmm(x: Tensor, w: Tensor) -> Tensor:
