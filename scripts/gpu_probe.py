@@ -58,6 +58,7 @@ def trainer(E, precision, flags, steps):
         cuda_graph="P" not in flags,
         progress=False,
         share_prefixes="s" in flags,
+        prefix_min_members=1,  # as the flag says, at any size
         dynamic_sizes="d" in flags,
         combo_kernels="k" in flags,
         deterministic="g" in flags,

@@ -10,13 +10,19 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from grokpipe.train.ensemble import EngineOptions, EnsembleTrainer, group_key
+from grokpipe.train.ensemble import (
+    CUDA_PREFIX_MIN_MEMBERS,
+    EngineOptions,
+    EnsembleTrainer,
+    group_key,
+)
 from grokpipe.train.members import members_from_block
 from grokpipe.train.runner import EngineConfig, should_compact, train_members
 
@@ -42,6 +48,23 @@ def train(members):
 
 def max_rel(a, b):
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-12)))
+
+
+def test_small_ensembles_on_a_gpu_take_the_plain_forward():
+    """Shared prefixes from `prefix_min_members` runs up (on a GPU, where a small ensemble is
+    bound by kernel count, `CUDA_PREFIX_MIN_MEMBERS`; on a CPU, every ensemble). A smaller
+    ensemble cut from a sharing one (`subset`, as compaction does) keeps sharing, so that its
+    compiled step carries over."""
+    assert CUDA_PREFIX_MIN_MEMBERS > 1
+    members = members_from_block(block({"seed": [0, 1, 2, 3]}))
+    assert EnsembleTrainer(members[:1], EngineOptions(progress=False)).prefix_len == 2
+    opts = EngineOptions(progress=False, prefix_min_members=3)
+    assert EnsembleTrainer(members[:2], opts).prefix_len == 0
+    four = EnsembleTrainer(members, opts)
+    assert four.prefix_len == 2
+    assert four.subset([1, 3]).prefix_len == 2
+    plain = EnsembleTrainer(members, replace(opts, share_prefixes=False))
+    assert plain.subset([1, 3]).prefix_len == 0
 
 
 def test_member_of_8_matches_run_alone():

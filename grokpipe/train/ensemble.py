@@ -18,7 +18,7 @@ import hashlib
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -59,6 +59,13 @@ class Member:
         return (self.run_id, self.config.fingerprint(), init)
 
 
+# On a GPU a small ensemble's step is bound by its kernel count, not its work, and the shared-
+# prefix forward has ~30 more kernels than the plain one. H100, x/y mod 97, bf16 (thirteenth
+# session, BENCHMARKS.md), steps/s plain vs shared: 3 718 vs 2 617 at 1 member, 2 105 vs 1 875
+# at 6; 345 vs 421 at 51, 98 vs 122 at 189.
+CUDA_PREFIX_MIN_MEMBERS = 12
+
+
 @dataclass(frozen=True)
 class EngineOptions:
     device: str = "cpu"
@@ -72,6 +79,9 @@ class EngineOptions:
     progress_position: int = 0
     stop_check_every: int = 8  # evaluations between host checks for "every member stopped"
     share_prefixes: bool = True  # compute shared sequence prefixes once (same function)
+    # ...in ensembles of at least this many runs; None: `CUDA_PREFIX_MIN_MEMBERS` on a GPU,
+    # every ensemble elsewhere
+    prefix_min_members: int | None = None
     dynamic_sizes: bool = True  # compile ensemble and task sizes as dynamic (cache reuse)
     # load the compiled step saved by an earlier process instead of tracing it (`precompiled`)
     precompiled: bool = True
@@ -325,7 +335,8 @@ class EnsembleTrainer:
 
         # --- shared prefixes: the first P tokens' states computed once per distinct prefix -
         plan = None
-        if opts.share_prefixes and not self.seq and getattr(self.model, "shares_prefixes", False):
+        sharing = opts.share_prefixes and self.prefix_min_members() <= E
+        if sharing and not self.seq and getattr(self.model, "shares_prefixes", False):
             plan = plan_prefix(inputs, self.batch)
         self.prefix_len = 0 if plan is None else plan.length
         self.prefix_table = None if plan is None else torch.as_tensor(plan.table).to(dev)
@@ -389,6 +400,12 @@ class EnsembleTrainer:
         self._eval_fn = self._evaluate
         self._prepared = False
         self._host_buffers: dict[str, torch.Tensor] | None = None  # see `state_dict`
+
+    def prefix_min_members(self) -> int:
+        """The smallest ensemble that computes shared prefixes once (see `EngineOptions`)."""
+        if self.opts.prefix_min_members is not None:
+            return self.opts.prefix_min_members
+        return CUDA_PREFIX_MIN_MEMBERS if self.device.type == "cuda" else 1
 
     # ---------------------------------------------------------------- the step ----------
     @property
@@ -759,9 +776,12 @@ class EnsembleTrainer:
 
         Used to drop members that stopped early: their kernels would otherwise keep running
         (gated off) until the last member stops."""
+        # the same forward as this ensemble's, shared prefixes or not, whatever its size: the
+        # compiled step carries over
+        opts = replace(self.opts, share_prefixes=self.prefix_len > 0, prefix_min_members=1)
         new = EnsembleTrainer(
             [self.members[i] for i in keep],
-            self.opts,
+            opts,
             label=f"{self.label}->{len(keep)}",
             task_sizes=self.task_sizes,
         )
