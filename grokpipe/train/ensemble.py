@@ -62,8 +62,8 @@ class Member:
 # On a GPU a small ensemble's step is bound by its kernel count, not its work, and the shared-
 # prefix forward has ~30 more kernels than the plain one. H100, x/y mod 97, bf16 (thirteenth
 # session, BENCHMARKS.md), steps/s plain vs shared: 3 718 vs 2 617 at 1 member, 2 105 vs 1 875
-# at 6; 345 vs 421 at 51, 98 vs 122 at 189.
-CUDA_PREFIX_MIN_MEMBERS = 12
+# at 6, 1 523 vs 1 519 at 9; 1 253 vs 1 305 at 12, 1 000 vs 1 109 at 16, 345 vs 421 at 51.
+CUDA_PREFIX_MIN_MEMBERS = 10
 
 
 @dataclass(frozen=True)
