@@ -11,7 +11,12 @@
 #                                            per-job training timings
 #   scripts/gpu_pipeline.sh times [LOG]      each stage's wall seconds, read from the timed log
 #                                            (also on a collected copy, on any machine)
+#   scripts/gpu_pipeline.sh rerun EXP        train experiment EXP again from scratch (no
+#                                            checkpoints) and analyse it, then say which of its
+#                                            run files and metrics are byte-identical to the
+#                                            first training's: GPU reproducibility, end to end
 #
+# GP_ONLY=1 with `start STAGE..` reproduces only the named stages (and what they need).
 # GP_SET="key=value ..." sets params.yaml keys (dotted paths, YAML values) in the copy before
 # the run, e.g. GP_SET="defaults.arithmetic.train.precision=bf16".
 #
@@ -60,7 +65,8 @@ PY
   setsid nohup bash -c '
     t0=$(date +%s)
     # --keep-going: a failed stage still lets every stage that does not need it be timed
-    { for stage in "$@"; do dvc repro "$stage" || exit 1; done; dvc repro --keep-going; } 2>&1 |
+    { for stage in "$@"; do dvc repro "$stage" || exit 1; done
+      [ -n "${GP_ONLY:-}" ] || dvc repro --keep-going; } 2>&1 |
       while IFS= read -r line; do echo "$(( $(date +%s) - t0 )) $line"; done > pipeline.log
     echo "EXIT ${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s" >> pipeline.log
   ' pipeline "$@" > /dev/null 2>&1 < /dev/null &
@@ -85,6 +91,29 @@ collect)
   tar czf "$out/curves.tgz" reports/curves 2>/dev/null
   tar czf "$out/timings.tgz" data/runs/*/timing.json 2>/dev/null
   ;;
+rerun)
+  exp=${2:?rerun needs an experiment}
+  cd "$W" || exit 1
+  first=/tmp/first_$exp
+  rm -rf "$first" && mkdir -p "$first" && cp -r "data/runs/$exp" "reports/metrics/$exp.json" "$first"/
+  rm -rf "data/checkpoints/$exp"
+  t0=$(date +%s)
+  { dvc repro -f -s "train@$exp" && dvc repro -f -s "analyze@$exp"; } > "rerun_$exp.log" 2>&1
+  echo "rerun of $exp: rc $? in $(( $(date +%s) - t0 )) s"
+  for f in "$first/$exp"/*; do
+    name=${f#"$first"/}
+    [ "$name" = "$exp/timing.json" ] && continue  # wall times differ by nature
+    if cmp -s "$f" "data/runs/$name"; then echo "identical: $name"; else echo "DIFFERS:   $name"; fi
+  done
+  # the metrics, but for their wall times
+  python3 - "$first/$exp.json" "reports/metrics/$exp.json" <<'PY'
+import json, sys
+a, b = (json.load(open(f)) for f in sys.argv[1:])
+for m in (a, b):
+    m.pop("timing", None)
+print("identical:" if a == b else "DIFFERS:  ", sys.argv[2].rsplit("/", 1)[1], "(but its timing)")
+PY
+  ;;
 times)
   # a stage runs from its "Running stage" line to the next one, the last to the EXIT line
   awk '/Running stage/ { if (name) printf "%-34s %5d s\n", name, $1 - t; t = $1; name = $4 }
@@ -92,7 +121,7 @@ times)
     tr -d "':"
   ;;
 *)
-  echo "usage: $0 start | wait SECONDS | collect DIR | times [LOG]" >&2
+  echo "usage: $0 start [STAGE..] | wait SECONDS | collect DIR | times [LOG] | rerun EXP" >&2
   exit 2
   ;;
 esac
