@@ -36,7 +36,12 @@ from grokpipe.config.validate import check_experiment, engine_config
 from grokpipe.io import atomic_dir, stage_main
 from grokpipe.tasks import store
 from grokpipe.train import precompiled
-from grokpipe.train.ensemble import EngineOptions, group_key, padded_sizes
+from grokpipe.train.ensemble import (
+    EngineOptions,
+    group_key,
+    options_for_ensemble,
+    padded_sizes,
+)
 from grokpipe.train.members import assemble
 from stages.train import use_project_compile_cache
 
@@ -68,12 +73,16 @@ def _task_sizes(member) -> tuple[int, ...]:
 
 def steps_to_compile(
     experiments: dict, opts: EngineOptions, max_members: int, n_devices: int, pad: bool = True
-) -> list[tuple[str, list[str]]]:
-    """(experiment, run ids of a sample) for each distinct compiled step not yet saved.
+) -> list[tuple[str, list[str], int]]:
+    """(experiment, run ids of a sample, runs of the job it stands for) for each distinct
+    compiled step not yet saved.
 
     Ensembles are planned as the train stages will plan them, and each sample's saved-step
-    keys are read from an ensemble built on the device: experiments that differ only in what
-    the graph does not hold (step budget, data sizes, vocabulary) share one step."""
+    keys are read from an ensemble built on the device with the options of the whole job
+    (`options_for_ensemble`: on a GPU a sample of two runs would otherwise take the plain
+    forward where the job shares prefixes, and its step would serve no train stage, as in
+    the thirteenth session's first try). Experiments that differ only in what the graph does
+    not hold (step budget, data sizes, vocabulary) share one step."""
     import torch
 
     from grokpipe.train.ensemble import EnsembleTrainer
@@ -83,32 +92,36 @@ def steps_to_compile(
     for name, (_, members) in experiments.items():
         for job in plan_jobs(members, max_members, n_devices, name, set(), pad):
             picked = sample(job.members)
-            keys = tuple(EnsembleTrainer(picked, opts, label=name).saved_step_keys().values())
+            job_opts = options_for_ensemble(opts, len(job.members))
+            keys = EnsembleTrainer(picked, job_opts, label=name).saved_step_keys().values()
+            keys = tuple(keys)
             # A one-run ensemble has its sizes of 1 specialised: a step of its own under the
             # same key. (Once a key has any saved step, a later one-run ensemble is not
             # compiled here: its train stage traces it, as it would without this stage.)
             step = (keys, len(picked) == 1)
             if step not in seen and not all(precompiled.saved_on_disk(k) for k in keys):
-                todo.append((name, [m.run_id for m in picked]))
+                todo.append((name, [m.run_id for m in picked], len(job.members)))
             seen.add(step)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return todo
 
 
-def compile_step(params: dict, name: str, run_ids: list[str], opts: EngineOptions):
-    """In a worker process: trace, compile and save the step of `run_ids` of `name`.
-    Returns (name, runs, compile seconds, where each function came from)."""
+def compile_step(params: dict, name: str, run_ids: list[str], job_runs: int, opts: EngineOptions):
+    """In a worker process: trace, compile and save the step of `run_ids` of `name`, as the
+    job of `job_runs` runs they sample compiles it. Returns (name, runs, compile seconds,
+    where each function came from)."""
     from grokpipe.train.ensemble import EnsembleTrainer
 
     _, members = experiment_members(params, name)
     picked = [m for m in members if m.run_id in set(run_ids)]
-    trainer = EnsembleTrainer(picked, opts, label=f"precompile {name}")
+    job_opts = options_for_ensemble(opts, job_runs)
+    trainer = EnsembleTrainer(picked, job_opts, label=f"precompile {name}")
     trainer.prepare()
     return name, len(picked), trainer.timing.compile_s, trainer.timing.compiled_from
 
 
-def compile_all(todo: list[tuple[str, list[str]]], params: dict, opts: EngineOptions) -> None:
+def compile_all(todo: list[tuple[str, list[str], int]], params: dict, opts: EngineOptions) -> None:
     """Compile each step in its own process, side by side; every failure is reported, and
     the first one raised."""
     cores = os.cpu_count() or 2
@@ -119,8 +132,8 @@ def compile_all(todo: list[tuple[str, list[str]]], params: dict, opts: EngineOpt
     print(f"precompile: {len(todo)} step(s) on {opts.device}, {workers} at a time", flush=True)
     errors = []
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(compile_step, params, name, ids, opts) for name, ids in todo]
-        for (name, ids), future in zip(todo, futures, strict=True):
+        futures = [pool.submit(compile_step, params, *step, opts) for step in todo]
+        for (name, ids, _), future in zip(todo, futures, strict=True):
             try:
                 got, runs, seconds, source = future.result()
             except Exception as exc:

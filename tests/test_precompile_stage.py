@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -94,7 +95,11 @@ def test_each_distinct_step_compiled_once_then_loaded_by_the_train_stage(project
     params, experiments = project
     todo = stage.steps_to_compile(experiments, OPTS, max_members=256, n_devices=1)
     # a's step serves b; c (sequence loss) and d (one run) need their own
-    assert [(name, len(ids)) for name, ids in todo] == [("a", 2), ("c", 2), ("d", 1)]
+    assert [(name, len(ids), runs) for name, ids, runs in todo] == [
+        ("a", 2, 3),
+        ("c", 2, 3),
+        ("d", 1, 1),
+    ]
     assert todo[0][1] == ["r0000", "r0002"]
 
     stage.compile_all(todo, params, OPTS)  # worker processes, side by side
@@ -114,7 +119,7 @@ def test_each_distinct_step_compiled_once_then_loaded_by_the_train_stage(project
 def test_a_failing_compile_is_raised(project):
     params, _ = project
     with pytest.raises(ConfigError, match="no_such_experiment"):
-        stage.compile_all([("no_such_experiment", ["r0000"])], params, OPTS)
+        stage.compile_all([("no_such_experiment", ["r0000"], 1)], params, OPTS)
 
 
 def test_markers_hold_nothing_of_the_machine(project, monkeypatch):
@@ -143,3 +148,20 @@ def test_a_torch_without_bytecode_is_reported(monkeypatch, capsys):
     monkeypatch.setattr(importlib.util, "cache_from_source", lambda path: path + ".missing")
     assert stage.warn_if_torch_lacks_bytecode()
     assert "python -m compileall" in capsys.readouterr().err
+
+
+def test_a_sample_compiles_the_forward_of_its_whole_job(project):
+    """Shared prefixes only from `prefix_min_members` runs up (on a GPU, small ensembles take
+    the plain forward): the sample of two runs that stands for a's three compiles a's forward,
+    and b's two runs their own, so that each train stage loads its step instead of tracing."""
+    params, experiments = project
+    opts = replace(OPTS, prefix_min_members=3)
+    todo = stage.steps_to_compile(experiments, opts, max_members=256, n_devices=1)
+    assert [(name, runs) for name, _, runs in todo] == [("a", 3), ("b", 2), ("c", 3), ("d", 1)]
+    stage.compile_all(todo, params, opts)
+    for name in ("a", "b"):
+        precompiled.clear_memory()
+        t = EnsembleTrainer(experiments[name][1], opts)
+        assert t.prefix_len == (2 if name == "a" else 0)
+        t.prepare()
+        assert t.timing.compiled_from == {"train_step": "disk", "eval_chunk": "disk"}, name

@@ -97,6 +97,17 @@ class EngineOptions:
     deterministic: bool = False
 
 
+def options_for_ensemble(opts: EngineOptions, members: int) -> EngineOptions:
+    """`opts` with the forward an ensemble of `members` runs takes (shared prefixes or not)
+    settled. An ensemble built on a part of those runs with these options compiles the same
+    step: the precompile stage's sample of two runs, a job resumed with its unfinished runs."""
+    least = opts.prefix_min_members
+    if least is None:
+        least = CUDA_PREFIX_MIN_MEMBERS if torch.device(opts.device).type == "cuda" else 1
+    share = opts.share_prefixes and members >= least
+    return replace(opts, share_prefixes=share, prefix_min_members=1)
+
+
 @dataclass
 class MemberResult:
     run_id: str
@@ -335,7 +346,7 @@ class EnsembleTrainer:
 
         # --- shared prefixes: the first P tokens' states computed once per distinct prefix -
         plan = None
-        sharing = opts.share_prefixes and self.prefix_min_members() <= E
+        sharing = options_for_ensemble(opts, E).share_prefixes
         if sharing and not self.seq and getattr(self.model, "shares_prefixes", False):
             plan = plan_prefix(inputs, self.batch)
         self.prefix_len = 0 if plan is None else plan.length
@@ -400,12 +411,6 @@ class EnsembleTrainer:
         self._eval_fn = self._evaluate
         self._prepared = False
         self._host_buffers: dict[str, torch.Tensor] | None = None  # see `state_dict`
-
-    def prefix_min_members(self) -> int:
-        """The smallest ensemble that computes shared prefixes once (see `EngineOptions`)."""
-        if self.opts.prefix_min_members is not None:
-            return self.opts.prefix_min_members
-        return CUDA_PREFIX_MIN_MEMBERS if self.device.type == "cuda" else 1
 
     # ---------------------------------------------------------------- the step ----------
     @property

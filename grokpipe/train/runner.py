@@ -36,6 +36,7 @@ from grokpipe.train.ensemble import (
     Member,
     MemberResult,
     group_key,
+    options_for_ensemble,
     setup_lock,
 )
 
@@ -249,7 +250,9 @@ def _run_job(
         members = [m for m in job.members if m.run_id in remaining]
     with setup_lock:  # one ensemble set up at a time; the others keep training
         sizes = None if saved is None else saved["trainer"].get("task_sizes")
-        trainer = EnsembleTrainer(members, opts, label=job.label, task_sizes=sizes)
+        # a resumed job has fewer runs left: it keeps the forward of the whole job
+        job_opts = options_for_ensemble(opts, len(job.members))
+        trainer = EnsembleTrainer(members, job_opts, label=job.label, task_sizes=sizes)
         if saved is not None:
             trainer.load_state_dict(saved["trainer"])
         trainer.prepare()
