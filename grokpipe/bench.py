@@ -211,14 +211,27 @@ def main(argv=None) -> None:
     ap.add_argument("--multi-gpu", action="store_true", help="one GPU vs all, two ensembles")
     ap.add_argument("--multi-steps", type=int, default=20000, help="steps of each ensemble")
     ap.add_argument("--multi-members", type=int, default=64, help="members of each ensemble")
+    ap.add_argument(
+        "--deterministic",
+        choices=["auto", "true", "false"],
+        default="auto",
+        help="engine.deterministic (auto: on a GPU, as the pipeline trains)",
+    )
     ap.add_argument("--out", default="bench.json")
     args = ap.parse_args(argv)
     dev = args.device
     cuda = dev.startswith("cuda")
     compiled = cuda and not args.no_compile
-    # the engine as `dvc repro` runs it (engine: block defaults): combo kernels with compile
+    # the engine as `dvc repro` runs it (engine: block defaults): combo kernels with compile,
+    # deterministic gathers on a GPU
+    det = cuda if args.deterministic == "auto" else args.deterministic == "true"
     opts = EngineOptions(
-        device=dev, compile=compiled, cuda_graph=cuda, combo_kernels=compiled, progress=False
+        device=dev,
+        compile=compiled,
+        cuda_graph=cuda,
+        combo_kernels=compiled,
+        deterministic=det,
+        progress=False,
     )
     if cuda:  # the reference loop must run at the engine's matmul precision too
         torch.set_float32_matmul_precision("high" if args.precision == "tf32" else "highest")

@@ -90,7 +90,10 @@ def test_combo_kernels_are_for_compiled_cuda_steps_of_two_runs_or_more():
 def test_deterministic_gathers_are_an_engine_setting_with_their_own_saved_step():
     """`engine.deterministic` reaches the model on every device, is checked as a boolean, and
     is part of the saved step's key (the two compile different graphs)."""
-    assert EngineConfig(deterministic=True).options("cuda:0").deterministic
+    assert EngineConfig(deterministic=True).options("cpu").deterministic
+    assert not EngineConfig(deterministic=False).options("cuda:0").deterministic
+    # by default on a GPU only, where the indexed gathers' backward adds atomically
+    assert EngineConfig().options("cuda:0").deterministic
     assert not EngineConfig().options("cpu").deterministic
     with pytest.raises(ConfigError, match="engine.deterministic"):
         engine_config({"engine": {"deterministic": "yes"}})

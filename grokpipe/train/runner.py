@@ -65,9 +65,11 @@ class EngineConfig:
     # inductor's combo kernels (horizontal fusion) in compiled CUDA steps of ensembles of two
     # runs or more: "auto" = on with compile on CUDA (see `EngineOptions.combo_kernels`)
     combo_kernels: bool | str = "auto"
-    # gathers whose backward has a fixed order (`EnsembleModel.take`): on a GPU the same code
-    # and seed train to the same bits every time, at a cost in steps/s (BENCHMARKS.md)
-    deterministic: bool = False
+    # gathers whose gradients sum in a fixed order (`EnsembleModel.take`): on a GPU the same
+    # code and seed train to the same bits every time, at ~7 % of the steps/s of the big
+    # ensembles (BENCHMARKS.md, thirteenth session). "auto" = on a GPU only: on a CPU the
+    # gathers' backward has a fixed order already
+    deterministic: bool | str = "auto"
 
     def validate(self, key: str) -> None:
         check(self.max_members >= 1, f"{key}.max_members", "must be positive")
@@ -88,9 +90,10 @@ class EngineConfig:
             check(self.cpu_threads == "auto", f"{key}.cpu_threads", "expected auto or a count")
         else:
             check(self.cpu_threads >= 1, f"{key}.cpu_threads", "must be positive")
-        for k in ("pad_task_sizes", "deterministic"):
-            check(isinstance(getattr(self, k), bool), f"{key}.{k}", "expected true or false")
-        for k in ("compile", "cuda_graph", "combo_kernels"):
+        check(
+            isinstance(self.pad_task_sizes, bool), f"{key}.pad_task_sizes", "expected true or false"
+        )
+        for k in ("compile", "cuda_graph", "combo_kernels", "deterministic"):
             v = getattr(self, k)
             check(isinstance(v, bool) or v == "auto", f"{key}.{k}", "expected true, false or auto")
 
@@ -135,7 +138,7 @@ class EngineConfig:
             compile=pick(self.compile),
             cuda_graph=pick(self.cuda_graph) and cuda,
             combo_kernels=pick(self.combo_kernels) and cuda,
-            deterministic=self.deterministic,
+            deterministic=pick(self.deterministic),
             eval_chunk_rows=self.eval_chunk_rows,
             progress=self.progress,
             progress_position=position,
