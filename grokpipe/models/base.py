@@ -149,7 +149,7 @@ def one_hot_rows(table: Tensor, index: Tensor, dtype: torch.dtype) -> Tensor:
     """`gather_rows` as a product in `dtype` of a one-hot matrix with the table. The one-hot
     matrix is built [E, U, R] and read transposed, so that both products of its backward and
     forward read operands whose leading dimension is R rows (aligned, for tensor-core
-    kernels), not the table's U rows (97 for mod 97: misaligned, 4x slower kernels)."""
+    kernels), not the table's U rows (97 for mod 97: misaligned, for slower kernels)."""
     E, U = table.shape[0], table.shape[1]
     flat = index.reshape(E, 1, -1)
     one_hot = (torch.arange(U, device=index.device).reshape(1, U, 1) == flat).to(dtype)
