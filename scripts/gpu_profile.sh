@@ -3,13 +3,14 @@
 # VARIANTS lists "name:inductor options:flag to drop[:VAR=value]" (options comma-separated,
 # "-" for none; flag "_" drops nothing, "+g" adds flag g; VAR=value is set in the variant's
 # environment, e.g. GP_DETERMINISTIC=1); the first is profiled too (its top kernels at 189
-# and 6 members, and their Triton sources into kernels.txt). The default list, run in the twelfth session:
-#   base     the pipeline's step (bf16, shared prefixes, dynamic sizes, combo kernels), timed
+# and 6 members, and their Triton sources into kernels.txt). The default list:
+#   base     the pipeline's step as `dvc repro` compiles it on a GPU (bf16, dynamic sizes,
+#            combo kernels, deterministic gathers; shared prefixes from 10 members up), timed
 #            at 6, 9, 51 and 189 members
-#   noprefix the same step without shared prefixes (fewer kernels: small ensembles are bound
-#            by kernel count, not work)
-#   nosplit  inductor's split_reductions off
-#   aggr     inductor's aggressive_fusion on
+#   nodet    the same with indexed gathers (`engine.deterministic: false`)
+#   noprefix the same without shared prefixes at 51 and 189 too
+# (The twelfth session also tried inductor options this way: split_reductions=0,
+# aggressive_fusion=1, triton.multi_kernel=1; BENCHMARKS.md.)
 # Each variant compiles in its own process beside the others; the first times once every
 # compile is done, each later one after the one before (GP_WAIT_FOR), so timings overlap
 # neither each other nor a compile. (In the twelfth session's two calls the first variant
@@ -23,7 +24,7 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 source "$(dirname "$0")/gpu_site.sh"
 byte_compile_site_once
 LIMIT=${LIMIT:-540}
-SIZES=${SIZES:-"6:bf16:csdk:5000 9:bf16:csdk:5000 51:bf16:csdk:2000 189:bf16:csdk:600"}
+SIZES=${SIZES:-"6:bf16:cdkg:5000 9:bf16:cdkg:5000 51:bf16:csdkg:2000 189:bf16:csdkg:600"}
 t0=$(date +%s)
 probe() { # name, inductor options, the flag to drop, extra specs, the marker to wait for, env
   local name=$1 opts=$2 drop=$3 extra=$4 after=$5 env=${6:-GP_NONE=} specs=""
@@ -39,7 +40,7 @@ probe() { # name, inductor options, the flag to drop, extra specs, the marker to
     timeout "$LIMIT" python3 scripts/gpu_probe.py $specs $extra > "$OUT/probe_$name.log" 2>&1
   touch "$OUT/$name.done" "$OUT/$name.compiled"
 }
-VARIANTS=${VARIANTS:-"base:-:_ noprefix:-:s nosplit:split_reductions=0:_ aggr:aggressive_fusion=1:_"}
+VARIANTS=${VARIANTS:-"base:-:_ nodet:-:g noprefix:-:s"}
 names=""
 for v in $VARIANTS; do names="$names ${v%%:*}"; done
 last=${names##* }
@@ -50,7 +51,7 @@ for v in $VARIANTS; do
   IFS=: read -r name opts drop venv <<< "$v"
   [ "$opts" = "-" ] && opts=""
   extra=""
-  [ -n "$first" ] && [ "${PROFILE:-1}" = 1 ] && extra="189:bf16:csdkP 6:bf16:csdkP"
+  [ -n "$first" ] && [ "${PROFILE:-1}" = 1 ] && extra="189:bf16:csdkgP 6:bf16:cdkgP"
   after=$OUT/$last.compiled
   [ -n "$prev" ] && after=$OUT/$prev.done
   probe "$name" "$opts" "$drop" "$extra" "$after" "$venv" &
