@@ -67,6 +67,40 @@ def test_small_ensembles_on_a_gpu_take_the_plain_forward():
     assert plain.subset([1, 3]).prefix_len == 0
 
 
+def test_a_resumed_job_keeps_the_forward_of_the_whole_job(tmp_path, monkeypatch):
+    """A job resumed from a checkpoint taken after some of its runs stopped early has fewer
+    runs left than it started with. It keeps the whole job's forward (the one its compiled
+    step was saved for), whatever the small-ensemble rule says about the runs left."""
+    from grokpipe.train import checkpoint as ckpt
+    from grokpipe.train import runner
+
+    members = members_from_block(block({"seed": [0, 1, 2]}, steps=40, every=10))
+    opts = EngineOptions(progress=False, prefix_min_members=3)
+    whole = EnsembleTrainer(members, opts)
+    assert whole.prefix_len == 2 and whole.run() == "done"
+    left = whole.subset([0, 1])  # run 2 stopped early; runs 0 and 1 go on
+    job = runner.Job("job", "t", members, keep_params=False)
+    saved = {
+        "fingerprint": job.job_id,
+        "finished": {members[2].run_id: whole.results()[2]},
+        "remaining": [m.run_id for m in members[:2]],
+        "trainer": left.state_dict(),
+        "timings": [],
+    }
+    ckpt.save(tmp_path / "job.pt", saved)
+    built = []
+
+    class Recording(EnsembleTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(runner, "EnsembleTrainer", Recording)
+    out = runner._run_job(job, opts, tmp_path)
+    assert [(t.E, t.prefix_len) for t in built] == [(2, 2)]
+    assert [r.run_id for r in out["results"]] == [m.run_id for m in members]
+
+
 def test_member_of_8_matches_run_alone():
     members = members_from_block(block({"seed": list(range(8))}))
     together = train(members)
