@@ -25,6 +25,7 @@ import torch
 from grokpipe.reference import train_reference
 from grokpipe.train.ensemble import EngineOptions, EnsembleTrainer
 from grokpipe.train.members import members_from_block
+from grokpipe.train.runner import EngineConfig
 
 
 def power_block(
@@ -151,7 +152,7 @@ def _multi_pool(n_steps: int, seeds: list[int], precision: str) -> list:
 
 def _multi_measure(devices: list[int] | str, n_steps: int, seeds: list[int], precision: str, queue):
     """One measurement, in its own process (see `bench_multi_gpu`)."""
-    from grokpipe.train.runner import EngineConfig, train_members
+    from grokpipe.train.runner import train_members
 
     members = _multi_pool(n_steps, seeds, precision)
     engine = EngineConfig(devices=devices, progress=False)
@@ -221,18 +222,16 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     dev = args.device
     cuda = dev.startswith("cuda")
-    compiled = cuda and not args.no_compile
-    # the engine as `dvc repro` runs it (engine: block defaults): combo kernels with compile,
-    # deterministic gathers on a GPU
-    det = cuda if args.deterministic == "auto" else args.deterministic == "true"
-    opts = EngineOptions(
-        device=dev,
-        compile=compiled,
-        cuda_graph=cuda,
-        combo_kernels=compiled,
-        deterministic=det,
+    # the engine as `dvc repro` runs it: the engine block's defaults, resolved for the device
+    # as the train stages resolve them (combo kernels with compile, deterministic gathers on
+    # a GPU)
+    engine = EngineConfig(
+        compile=False if args.no_compile else "auto",
+        combo_kernels=False if args.no_compile else "auto",
+        deterministic={"auto": "auto", "true": True, "false": False}[args.deterministic],
         progress=False,
     )
+    opts = engine.options(dev)
     if cuda:  # the reference loop must run at the engine's matmul precision too
         torch.set_float32_matmul_precision("high" if args.precision == "tf32" else "highest")
     skip = set(filter(None, args.skip.split(",")))

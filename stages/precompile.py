@@ -93,8 +93,8 @@ def steps_to_compile(
         for job in plan_jobs(members, max_members, n_devices, name, set(), pad):
             picked = sample(job.members)
             job_opts = options_for_ensemble(opts, len(job.members))
-            keys = EnsembleTrainer(picked, job_opts, label=name).saved_step_keys().values()
-            keys = tuple(keys)
+            trainer = EnsembleTrainer(picked, job_opts, label=name)
+            keys = tuple(trainer.saved_step_keys().values())
             # A one-run ensemble has its sizes of 1 specialised: a step of its own under the
             # same key. (Once a key has any saved step, a later one-run ensemble is not
             # compiled here: its train stage traces it, as it would without this stage.)
