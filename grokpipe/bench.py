@@ -165,21 +165,29 @@ def _multi_measure(devices: list[int] | str, n_steps: int, seeds: list[int], pre
 
 
 def bench_multi_gpu(steps: int, members: int, precision: str) -> dict:
-    """Two ensembles (x/y mod 97 and S5) through the runner: one GPU (both jobs side by side,
-    `engine.jobs_per_device`) vs every GPU (one job each).
+    """Two tasks' runs (x/y mod 97 and S5, `members` each) through the runner, as a train stage
+    deals them: on one GPU they train as one padded ensemble (`engine.pad_task_sizes`), on
+    several GPUs that ensemble is halved, one half per GPU.
 
-    Each measurement runs as a pipeline train stage does: a fresh process that loads the step
-    a short warm-up run compiled and saved (`precompiled`). One GPU trains in that process;
-    several GPUs add one worker process per GPU, each loading the saved step. Timed from the
-    call into the runner to its return, so both pay their own compiles, neither the imports."""
+    Each measurement runs as a pipeline train stage does: a fresh process that loads the steps
+    saved beforehand, as the precompile stage saves them. Here two short warm-up runs save
+    them, one on one GPU and one on all, since the halves are ensembles of other shapes (one
+    task each, unpadded) and compile other steps. One GPU trains in the measuring process;
+    several GPUs add one worker process per GPU. Timed from the call into the runner to its
+    return, so both pay their loads, neither the imports."""
     ctx = torch.multiprocessing.get_context("spawn")
     out = {}
     n = torch.cuda.device_count()
     one, every = ([0], list(range(n))) if n else ("cpu", "cpu")  # CPU: the plumbing only
+    # the warm-ups train every member for a few steps: an ensemble of fewer runs takes another
+    # forward (shared prefixes only from `CUDA_PREFIX_MIN_MEMBERS` runs up), and would save a
+    # step that no measurement loads
+    seeds = list(range(members))
     runs = (
-        ("warm_up", one, 200, [0, 1]),
-        ("one_gpu", one, steps, list(range(members))),
-        ("all_gpus", every, steps, list(range(members))),
+        ("warm_up_one_gpu", one, 200, seeds),
+        ("warm_up_all_gpus", every, 200, seeds),
+        ("one_gpu", one, steps, seeds),
+        ("all_gpus", every, steps, seeds),
     )
     for name, devices, n_steps, seeds in runs:
         queue = ctx.Queue()

@@ -102,3 +102,52 @@ def test_deterministic_gathers_are_an_engine_setting_with_their_own_saved_step()
     fixed = EnsembleTrainer(members, EngineOptions(progress=False, deterministic=True))
     assert fixed.model.deterministic_gathers and not plain.model.deterministic_gathers
     assert fixed.saved_step_keys() != plain.saved_step_keys()
+
+
+def test_first_jobs_go_one_to_each_device_before_any_doubles_up(monkeypatch):
+    """Two devices of two slots each and two jobs: each device trains one. Without `spread`
+    the device whose worker starts first fills both its slots, and the other GPU idles (as on
+    the fourteenth session's two H200s). Devices are simulated by `_serve_device` in threads,
+    the second starting late, as a second worker process does."""
+    import queue as queue_module
+
+    taken: dict[str, list[int]] = {"first": [], "late": []}
+
+    def run_job(job, opts, checkpoint_dir, device_name="", abort=None):
+        taken[device_name].append(jobs.index(job))
+        return {}
+
+    monkeypatch.setattr(runner, "_run_job", run_job)
+    jobs = runner.plan_jobs(two_groups(steps=10), 256, 1, "t", set())
+    assert len(jobs) == 2
+    engine = EngineConfig(devices="cpu", progress=False, jobs_per_device=2)
+    pending: queue_module.Queue = queue_module.Queue()
+    for i in range(len(jobs)):
+        pending.put(i)
+    for _ in range(2 * engine.slots("cpu")):  # one stop per slot, as train_members puts them
+        pending.put(None)
+    barrier = threading.Barrier(2)
+
+    def device(name: str, delay: float) -> None:
+        threading.Event().wait(delay)
+        runner._serve_device(
+            jobs,
+            pending.get,
+            lambda *_: None,
+            engine,
+            "cpu",
+            None,
+            device_name=name,
+            spread=barrier.wait,
+        )
+
+    threads = [
+        threading.Thread(target=device, args=("first", 0.0)),
+        threading.Thread(target=device, args=("late", 0.5)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(taken["first"] + taken["late"]) == [0, 1]
+    assert len(taken["first"]) == len(taken["late"]) == 1

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue as queue_module
 import threading
 import traceback
 from collections import defaultdict
@@ -340,13 +341,20 @@ def _serve_device(
     checkpoint_dir: Path,
     rank: int = 0,
     device_name: str = "",
+    spread=lambda: None,
 ) -> None:
     """Train the jobs that `next_job()` hands out (an index, None when there are no more) on
     `device`, `engine.slots(device)` at a time: one thread and CUDA stream per slot. Reports
     each finished job as `on_done(index, output)`. If a job fails, the jobs beside it stop at
-    their next evaluation and the first failure is raised."""
+    their next evaluation and the first failure is raised.
+
+    With several devices, `spread()` returns once every device's first slot has taken its
+    first job: only then do the other slots take jobs, so that the first jobs go one to each
+    GPU rather than side by side onto whichever worker started first (fourteenth session: two
+    jobs on two GPUs both landed on the first)."""
     n = engine.slots(device)
     abort = threading.Event()
+    first_taken = threading.Event()
 
     def serve(slot: int) -> None:
         opts = engine.options(device, position=rank * n + slot)
@@ -355,8 +363,15 @@ def _serve_device(
             torch.cuda.stream(torch.cuda.Stream(device)) if on_gpu else contextlib.nullcontext()
         )
         with stream:
+            if slot > 0:
+                first_taken.wait()
             while not abort.is_set():
                 idx = next_job()
+                if slot == 0 and not first_taken.is_set():
+                    try:
+                        spread()
+                    finally:
+                        first_taken.set()
                 if idx is None:
                     return
                 on_done(idx, _run_job(jobs[idx], opts, checkpoint_dir, device_name, abort))
@@ -372,6 +387,7 @@ def _serve_device(
         except BaseException as e:
             errors.append(e)
             abort.set()
+            first_taken.set()  # a slot still waiting for the first job then sees the abort
 
     threads = [threading.Thread(target=guarded, args=(i,), name=f"job-slot-{i}") for i in range(n)]
     for t in threads:
@@ -381,6 +397,7 @@ def _serve_device(
             t.join()
     except BaseException:  # Ctrl-C: stop the slots at their next evaluation, then leave
         abort.set()
+        first_taken.set()
         for t in threads:
             t.join()
         raise
@@ -388,7 +405,7 @@ def _serve_device(
         raise next((e for e in errors if not isinstance(e, JobAborted)), errors[0])
 
 
-def _worker(rank: int, device: str, engine: EngineConfig, jobs, queue, results, ckdir: str):
+def _worker(rank: int, device: str, engine: EngineConfig, jobs, queue, results, ckdir: str, spread):
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     try:
         # Each worker sees only its own GPU, as cuda:0. Compiled code is cached per device,
@@ -406,6 +423,7 @@ def _worker(rank: int, device: str, engine: EngineConfig, jobs, queue, results, 
             Path(ckdir),
             rank=rank,
             device_name=device,
+            spread=spread.wait,
         )
     except BaseException:
         results.put(("error", rank, traceback.format_exc()))
@@ -442,6 +460,7 @@ def train_members(
     else:
         ctx = torch.multiprocessing.get_context("spawn")
         queue, results = ctx.Queue(), ctx.Queue()
+        spread = ctx.Barrier(len(devices))  # every GPU's first slot has taken a job
         for i in range(len(jobs)):
             queue.put(i)
         for _ in range(len(devices) * engine.slots(devices[0])):  # one stop per slot
@@ -449,7 +468,7 @@ def train_members(
         procs = [
             ctx.Process(
                 target=_worker,
-                args=(r, d, engine, jobs, queue, results, str(checkpoint_dir)),
+                args=(r, d, engine, jobs, queue, results, str(checkpoint_dir), spread),
                 daemon=True,
             )
             for r, d in enumerate(devices)
@@ -459,7 +478,17 @@ def train_members(
         finished = 0
         try:
             while finished < len(jobs):
-                kind, _, tb = results.get()
+                try:
+                    kind, _, tb = results.get(timeout=5)
+                except queue_module.Empty:
+                    # a worker killed outside Python (out of memory, a crash in a kernel)
+                    # reports nothing: without this the stage would wait for it forever
+                    dead = [p for p in procs if p.exitcode not in (None, 0)]
+                    if dead:
+                        raise RuntimeError(
+                            f"a training worker died with exit code {dead[0].exitcode}"
+                        ) from None
+                    continue
                 if kind == "error":
                     raise RuntimeError(f"a training worker failed:\n{tb}")
                 finished += 1
