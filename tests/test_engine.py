@@ -442,3 +442,22 @@ def test_compiled_padded_step_matches_eager_and_fits_other_vocabularies():
     assert other[0].data.info["vocab_size"] != members[0].data.info["vocab_size"]
     with torch._dynamo.config.patch(error_on_recompile=True):
         assert EnsembleTrainer(other + members[2:], opts).run() == "done"  # p 17 and S5
+
+
+def test_compiling_silences_inductors_two_advice_warnings_and_no_others():
+    """Every compiled GPU step printed two multi-line pieces of inductor advice (TF32, online
+    softmax) into the pipeline's log; both are choices made on purpose, other warnings stay."""
+    import warnings
+
+    from grokpipe.train.ensemble import _quiet_compile_advice
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _quiet_compile_advice()
+        for text in (
+            "\nOnline softmax is disabled on the fly since Inductor decides to",
+            "TensorFloat32 tensor cores for float32 matrix multiplication ...",
+            "something else",
+        ):
+            warnings.warn(text, UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["something else"]

@@ -18,6 +18,7 @@ import hashlib
 import math
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -106,6 +107,17 @@ def options_for_ensemble(opts: EngineOptions, members: int) -> EngineOptions:
         least = CUDA_PREFIX_MIN_MEMBERS if torch.device(opts.device).type == "cuda" else 1
     share = opts.share_prefixes and members >= least
     return replace(opts, share_prefixes=share, prefix_min_members=1)
+
+
+def _quiet_compile_advice() -> None:
+    """Silence two pieces of inductor advice that every compiled GPU step prints, several
+    lines each, once per process (a pipeline log held dozens of them): both describe choices
+    made on purpose. TF32 stays off because the float32 products (the logits, the whole step
+    under `precision: fp32`) are meant to be float32; and the online softmax is skipped because
+    inductor splits a reduction, which it should: with `split_reductions` off the large
+    ensembles' step was 11-12 % slower (BENCHMARKS.md, twelfth session)."""
+    warnings.filterwarnings("ignore", "TensorFloat32 tensor cores", UserWarning)
+    warnings.filterwarnings("ignore", "\\s*Online softmax is disabled", UserWarning)
 
 
 @dataclass
@@ -673,6 +685,7 @@ class EnsembleTrainer:
         t0 = time.perf_counter()
         train_fn, chunk_fn, finish_fn = self._train_step, self._eval_chunk, self._eval_finish
         if self.opts.compile:
+            _quiet_compile_advice()
             if self.device.type == "cuda":
                 import torch._inductor.config as inductor_config
 
