@@ -67,9 +67,10 @@ class EngineConfig:
     # runs or more: "auto" = on with compile on CUDA (see `EngineOptions.combo_kernels`)
     combo_kernels: bool | str = "auto"
     # gathers whose gradients sum in a fixed order (`EnsembleModel.take`): on a GPU the same
-    # code and seed train to the same bits every time, at ~7 % of the steps/s of the big
-    # ensembles (BENCHMARKS.md, thirteenth session). "auto" = on a GPU only: on a CPU the
-    # gathers' backward has a fixed order already
+    # code and seed train to the same bits every time, at 16 % of the model-steps/s of the
+    # pipeline's large (padded) ensembles, 222 s of the H100 main job (BENCHMARKS.md,
+    # fourteenth session; the thirteenth's probe, unpadded, said 7 %). "auto" = on a GPU
+    # only: on a CPU the gathers' backward has a fixed order already
     deterministic: bool | str = "auto"
 
     def validate(self, key: str) -> None:
