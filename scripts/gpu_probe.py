@@ -10,6 +10,13 @@ Diagnostics for BENCHMARKS.md, not a test. Each argument is one measurement,
   g  deterministic gathers (`engine.deterministic`: no atomic adds in their backward)
   r  after timing, train a second ensemble of the same runs and say whether its history
      (losses and accuracies at every evaluation) is bit-identical to the first one's
+  p  padded, as the pipeline's ops and fraction sweep are: a sixth of the runs are S5 (120
+     classes) beside x/y mod 97, one ensemble padded to S5's sizes, the extra classes masked
+  L  compiled as the pipeline compiles it: the precompile stage's two-run sample (`sample`,
+     with the forward of the whole ensemble) is compiled and run first, and the measured
+     ensemble then reuses that function, with the size hints and kernel choices the sample
+     gave it (the fourteenth session's question: the pipeline's deterministic step ran 17 %
+     below this probe's)
 Example: `python scripts/gpu_probe.py 64:tf32:c 64:tf32:cs 64:tf32:csd 64:bf16:csd 64:tf32:csdP`
 `GP_INDUCTOR="max_autotune_gemm=1,triton.autotune_pointwise=0"` sets inductor config options
 for the whole probe. Every measurement traces its own step: a step saved by an earlier probe
@@ -26,8 +33,9 @@ import torch
 import torch._inductor.config as inductor_config
 
 from grokpipe.bench import power_block
-from grokpipe.train.ensemble import EngineOptions, EnsembleTrainer
+from grokpipe.train.ensemble import EngineOptions, EnsembleTrainer, options_for_ensemble
 from grokpipe.train.members import members_from_block
+from stages.precompile import sample
 
 if os.environ.get("GP_DETERMINISTIC"):
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts
@@ -50,9 +58,25 @@ def log(*a):
     print(f"[{time.perf_counter() - T0:7.1f}s]", *a, flush=True)
 
 
-def trainer(E, precision, flags, steps):
-    block = power_block("x/y", 97, steps, list(range(E)), precision=precision)
-    opts = EngineOptions(
+def members(E, precision, flags, steps):
+    if "p" not in flags:
+        return members_from_block(
+            power_block("x/y", 97, steps, list(range(E)), precision=precision)
+        )
+    n_s5 = max(1, E // 6)
+    out = members_from_block(
+        power_block("x/y", 97, steps, list(range(E - n_s5)), precision=precision), "a"
+    )
+    out += members_from_block(
+        power_block("s5", 97, steps, list(range(n_s5)), precision=precision), "b"
+    )
+    for i, m in enumerate(out):
+        m.run_id = f"m{i:04d}"
+    return out
+
+
+def options(flags, loaded=False):
+    return EngineOptions(
         device=DEVICE,
         compile="c" in flags,
         cuda_graph="P" not in flags,
@@ -62,16 +86,31 @@ def trainer(E, precision, flags, steps):
         dynamic_sizes="d" in flags,
         combo_kernels="k" in flags,
         deterministic="g" in flags,
-        precompiled=False,
+        precompiled=loaded,
     )
-    return EnsembleTrainer(members_from_block(block), opts)
+
+
+def trainer(E, precision, flags, steps):
+    runs = members(E, precision, flags, steps)
+    if "L" not in flags:
+        return EnsembleTrainer(runs, options(flags))
+    # the precompile stage: the sample, with the whole ensemble's forward, compiled, saved and
+    # run (CUDA-graph capture runs it, which autotunes its kernels at the sample's sizes)
+    opts = options_for_ensemble(options(flags, loaded=True), len(runs))
+    first = EnsembleTrainer(sample(runs), opts, label="probe sample")
+    first.prepare()
+    log(
+        f"E={E} {precision} {flags}: sample of {len(first.members)} compiled in "
+        f"{first.timing.compile_s:.1f}s ({first.timing.compiled_from})"
+    )
+    return EnsembleTrainer(runs, opts)
 
 
 def prepared(E, precision, flags, steps):
     """A trainer with its step compiled and captured (the compile is timed here)."""
     t = trainer(E, precision, flags, steps)
     t.prepare()
-    log(f"E={E} {precision} {flags}: prepare {t.timing.compile_s:.1f}s")
+    log(f"E={E} {precision} {flags}: prepare {t.timing.compile_s:.1f}s ({t.timing.compiled_from})")
     return t
 
 
