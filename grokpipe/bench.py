@@ -183,12 +183,10 @@ def bench_multi_gpu(steps: int, members: int, precision: str) -> dict:
     # forward (shared prefixes only from `CUDA_PREFIX_MIN_MEMBERS` runs up), and would save a
     # step that no measurement loads
     seeds = list(range(members))
-    runs = (
-        ("warm_up_one_gpu", one, 200, seeds),
-        ("warm_up_all_gpus", every, 200, seeds),
-        ("one_gpu", one, steps, seeds),
-        ("all_gpus", every, steps, seeds),
-    )
+    runs = [("warm_up_one_gpu", one, 200, seeds)]
+    if every != one:
+        runs.append(("warm_up_all_gpus", every, 200, seeds))
+    runs += [("one_gpu", one, steps, seeds), ("all_gpus", every, steps, seeds)]
     for name, devices, n_steps, seeds in runs:
         queue = ctx.Queue()
         proc = ctx.Process(target=_multi_measure, args=(devices, n_steps, seeds, precision, queue))
