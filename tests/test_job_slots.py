@@ -108,13 +108,23 @@ def test_first_jobs_go_one_to_each_device_before_any_doubles_up(monkeypatch):
     """Two devices of two slots each and two jobs: each device trains one. Without `spread`
     the device whose worker starts first fills both its slots, and the other GPU idles (as on
     the fourteenth session's two H200s). Devices are simulated by `_serve_device` in threads,
-    the second starting late, as a second worker process does."""
+    the second starting late, as a second worker process does; the first device's job starts
+    training before the late device is up (its first slot waits for no other device)."""
     import queue as queue_module
 
     taken: dict[str, list[int]] = {"first": [], "late": []}
+    first_started, late_started = threading.Event(), threading.Event()
 
     def run_job(job, opts, checkpoint_dir, device_name="", abort=None):
+        """A job that trains until the other device has one too (jobs take minutes; the
+        late worker takes seconds to start)."""
         taken[device_name].append(jobs.index(job))
+        mine, other = (
+            (first_started, late_started) if device_name == "first" else (late_started, None)
+        )
+        mine.set()
+        if other is not None:
+            other.wait(timeout=30)
         return {}
 
     monkeypatch.setattr(runner, "_run_job", run_job)
@@ -127,9 +137,14 @@ def test_first_jobs_go_one_to_each_device_before_any_doubles_up(monkeypatch):
     for _ in range(2 * engine.slots("cpu")):  # one stop per slot, as train_members puts them
         pending.put(None)
     barrier = threading.Barrier(2)
+    started_before_late: list[bool] = []
 
-    def device(name: str, delay: float) -> None:
-        threading.Event().wait(delay)
+    def device(name: str) -> None:
+        if name == "late":
+            started_before_late.append(first_started.wait(timeout=30))
+            # a late worker's start-up: time for a second slot of the first device to take the
+            # other job, were nothing holding it back
+            threading.Event().wait(0.5)
         runner._serve_device(
             jobs,
             pending.get,
@@ -141,13 +156,11 @@ def test_first_jobs_go_one_to_each_device_before_any_doubles_up(monkeypatch):
             spread=barrier.wait,
         )
 
-    threads = [
-        threading.Thread(target=device, args=("first", 0.0)),
-        threading.Thread(target=device, args=("late", 0.5)),
-    ]
+    threads = [threading.Thread(target=device, args=(n,)) for n in ("first", "late")]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=30)
+        t.join(timeout=60)
+    assert started_before_late == [True]
     assert sorted(taken["first"] + taken["late"]) == [0, 1]
     assert len(taken["first"]) == len(taken["late"]) == 1

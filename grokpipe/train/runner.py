@@ -352,10 +352,17 @@ def _serve_device(
     With several devices, `spread()` returns once every device's first slot has taken its
     first job: only then do the other slots take jobs, so that the first jobs go one to each
     GPU rather than side by side onto whichever worker started first (fourteenth session: two
-    jobs on two GPUs both landed on the first)."""
+    jobs on two GPUs both landed on the first). The first slot trains meanwhile: it waits
+    for no other device."""
     n = engine.slots(device)
     abort = threading.Event()
     first_taken = threading.Event()
+
+    def spread_then_release() -> None:
+        try:
+            spread()
+        finally:
+            first_taken.set()
 
     def serve(slot: int) -> None:
         opts = engine.options(device, position=rank * n + slot)
@@ -366,13 +373,14 @@ def _serve_device(
         with stream:
             if slot > 0:
                 first_taken.wait()
+            first_pull = slot == 0
             while not abort.is_set():
                 idx = next_job()
-                if slot == 0 and not first_taken.is_set():
-                    try:
-                        spread()
-                    finally:
-                        first_taken.set()
+                if first_pull:
+                    first_pull = False
+                    threading.Thread(
+                        target=spread_then_release, name="job-spread", daemon=True
+                    ).start()
                 if idx is None:
                     return
                 on_done(idx, _run_job(jobs[idx], opts, checkpoint_dir, device_name, abort))
