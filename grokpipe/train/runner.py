@@ -342,7 +342,7 @@ def _serve_device(
     checkpoint_dir: Path,
     rank: int = 0,
     device_name: str = "",
-    spread=lambda: None,
+    spread=None,
 ) -> None:
     """Train the jobs that `next_job()` hands out (an index, None when there are no more) on
     `device`, `engine.slots(device)` at a time: one thread and CUDA stream per slot. Reports
@@ -378,9 +378,12 @@ def _serve_device(
                 idx = next_job()
                 if first_pull:
                     first_pull = False
-                    threading.Thread(
-                        target=spread_then_release, name="job-spread", daemon=True
-                    ).start()
+                    if spread is None:  # one device: nothing to wait for
+                        first_taken.set()
+                    else:
+                        threading.Thread(
+                            target=spread_then_release, name="job-spread", daemon=True
+                        ).start()
                 if idx is None:
                     return
                 on_done(idx, _run_job(jobs[idx], opts, checkpoint_dir, device_name, abort))
