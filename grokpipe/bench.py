@@ -140,10 +140,11 @@ def bench_time_to_grok(device: str, opts: EngineOptions, budget: int, precision:
     return out
 
 
-def _multi_pool(n_steps: int, seeds: list[int], precision: str) -> list:
-    """Two ensembles of different shapes: x/y mod 97 and S5."""
+def pooled_members(parts: list[tuple[str, list[int]]], n_steps: int, precision: str) -> list:
+    """The runs of several operations, (op, seeds) each, in one list numbered m0000.. in order.
+    S5 beside x/y mod 97 is a pool the runner pads into one ensemble (`pad_task_sizes`)."""
     out = []
-    for tag, op in (("a", "x/y"), ("b", "s5")):
+    for tag, (op, seeds) in zip("abcdefghij", parts, strict=False):
         out += members_from_block(power_block(op, 97, n_steps, seeds, precision=precision), tag)
     for i, m in enumerate(out):
         m.run_id = f"m{i:04d}"
@@ -154,7 +155,7 @@ def _multi_measure(devices: list[int] | str, n_steps: int, seeds: list[int], pre
     """One measurement, in its own process (see `bench_multi_gpu`)."""
     from grokpipe.train.runner import train_members
 
-    members = _multi_pool(n_steps, seeds, precision)
+    members = pooled_members([("x/y", seeds), ("s5", seeds)], n_steps, precision)
     engine = EngineConfig(devices=devices, progress=False)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

@@ -32,9 +32,8 @@ import time
 import torch
 import torch._inductor.config as inductor_config
 
-from grokpipe.bench import power_block
+from grokpipe.bench import pooled_members
 from grokpipe.train.ensemble import EngineOptions, EnsembleTrainer, options_for_ensemble
-from grokpipe.train.members import members_from_block
 from stages.precompile import sample
 
 if os.environ.get("GP_DETERMINISTIC"):
@@ -59,20 +58,9 @@ def log(*a):
 
 
 def members(E, precision, flags, steps):
-    if "p" not in flags:
-        return members_from_block(
-            power_block("x/y", 97, steps, list(range(E)), precision=precision)
-        )
-    n_s5 = max(1, E // 6)
-    out = members_from_block(
-        power_block("x/y", 97, steps, list(range(E - n_s5)), precision=precision), "a"
-    )
-    out += members_from_block(
-        power_block("s5", 97, steps, list(range(n_s5)), precision=precision), "b"
-    )
-    for i, m in enumerate(out):
-        m.run_id = f"m{i:04d}"
-    return out
+    n_s5 = max(1, E // 6) if "p" in flags else 0
+    parts = [("x/y", list(range(E - n_s5))), ("s5", list(range(n_s5)))]
+    return pooled_members([p for p in parts if p[1]], steps, precision)
 
 
 def options(flags, loaded=False):
