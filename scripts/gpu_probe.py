@@ -12,11 +12,11 @@ Diagnostics for BENCHMARKS.md, not a test. Each argument is one measurement,
      (losses and accuracies at every evaluation) is bit-identical to the first one's
   p  padded, as the pipeline's ops and fraction sweep are: a sixth of the runs are S5 (120
      classes) beside x/y mod 97, one ensemble padded to S5's sizes, the extra classes masked
-  L  compiled as the pipeline compiles it: the precompile stage's two-run sample (`sample`,
-     with the forward of the whole ensemble) is compiled and run first, and the measured
-     ensemble then reuses that function, with the size hints and kernel choices the sample
-     gave it (the fourteenth session's question: the pipeline's deterministic step ran 17 %
-     below this probe's)
+  L  compiled on a two-run sample (`stages.precompile.sample`, with the whole ensemble's
+     forward), first run, then reused by the measured ensemble with the size hints and kernel
+     choices the sample gave it: how the precompile stage compiled until the fifteenth
+     session, which found this 6-32 % slower at 51 members than a step compiled at 51; the
+     stage now compiles on the largest ensemble
 Example: `python scripts/gpu_probe.py 64:tf32:c 64:tf32:cs 64:tf32:csd 64:bf16:csd 64:tf32:csdP`
 `GP_INDUCTOR="max_autotune_gemm=1,triton.autotune_pointwise=0"` sets inductor config options
 for the whole probe. Every measurement traces its own step: a step saved by an earlier probe
@@ -82,8 +82,9 @@ def trainer(E, precision, flags, steps):
     runs = members(E, precision, flags, steps)
     if "L" not in flags:
         return EnsembleTrainer(runs, options(flags))
-    # the precompile stage: the sample, with the whole ensemble's forward, compiled, saved and
-    # run (CUDA-graph capture runs it, which autotunes its kernels at the sample's sizes)
+    # the precompile stage until the fifteenth session: the sample, with the whole ensemble's
+    # forward, compiled and run (CUDA-graph capture runs it, which autotunes its kernels at the
+    # sample's sizes)
     opts = options_for_ensemble(options(flags, loaded=True), len(runs))
     first = EnsembleTrainer(sample(runs), opts, label="probe sample")
     first.prepare()

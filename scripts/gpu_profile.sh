@@ -2,7 +2,9 @@
 # One device call: where the arithmetic step's time goes, and cheap ways to cut it.
 # VARIANTS lists "name:inductor options:flag to drop[:VAR=value]" (options comma-separated,
 # "-" for none; flag "_" drops nothing, "+g" adds flag g; VAR=value is set in the variant's
-# environment, e.g. GP_DETERMINISTIC=1); the first is profiled too (its top kernels at 189
+# environment, e.g. GP_DETERMINISTIC=1, or SIZES=E/precision/flags/steps,... to give the variant
+# sizes of its own instead of SIZES's: one process per measurement compiles them all side by
+# side); the first is profiled too (its top kernels at 189
 # and 6 members, and their Triton sources into kernels.txt). The default list:
 #   base     the pipeline's step as `dvc repro` compiles it on a GPU (bf16, dynamic sizes,
 #            combo kernels, deterministic gathers; shared prefixes from 10 members up), timed
@@ -27,8 +29,12 @@ LIMIT=${LIMIT:-540}
 SIZES=${SIZES:-"6:bf16:cdkg:5000 9:bf16:cdkg:5000 51:bf16:csdkg:2000 189:bf16:csdkg:600"}
 t0=$(date +%s)
 probe() { # name, inductor options, the flag to drop, extra specs, the marker to wait for, env
-  local name=$1 opts=$2 drop=$3 extra=$4 after=$5 env=${6:-GP_NONE=} specs=""
-  for s in $SIZES; do
+  local name=$1 opts=$2 drop=$3 extra=$4 after=$5 env=${6:-GP_NONE=} specs="" sizes=$SIZES
+  if [ "${env#SIZES=}" != "$env" ]; then
+    sizes=${env#SIZES=} env=GP_NONE=
+    sizes=${sizes//,/ } && sizes=${sizes//\//:}
+  fi
+  for s in $sizes; do
     IFS=: read -r e p f n <<< "$s"
     if [ "${drop#+}" != "$drop" ]; then f="$f${drop#+}"; else f=${f//$drop/}; fi
     specs="$specs $e:$p:$f:$n"

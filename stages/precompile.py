@@ -6,11 +6,17 @@ earlier process saved one (`grokpipe.train.precompiled`) and otherwise traces it
 core. Traced stage after stage, the main job's seven distinct steps (Power et al.'s transformer
 with the loss on the answer, with the loss on every token, and five parity MLPs) took 291 s on
 the H100 host in the ninth session (111 s for the first alone), while the host's other 15
-cores sat idle. Here each distinct step is traced in a process of its own, side by side, on a
-sample of at most two runs of the ensemble that will use it: ensemble and task sizes are
-compiled as dynamic sizes, so the saved step fits the whole ensemble. The train stages then
-load it (tenth session: this stage took 108 s, and every train stage loaded its step in
-7-9 s).
+cores sat idle. Here each distinct step is traced in a process of its own, side by side, on
+the largest ensemble that will use it: ensemble and task sizes are compiled as dynamic sizes,
+so the saved step fits every ensemble of its train stages. The train stages then load it
+(tenth session: this stage took 108 s, and every train stage loaded its step in 7-9 s).
+
+Why the largest ensemble, not a small sample of it: inductor takes the sizes a step is traced
+at as hints for its kernels (block sizes, split reductions), and picks among candidate
+configurations by timing the first run. Until the fifteenth session this stage compiled on a
+sample of two runs, and the large ensembles then trained with kernels chosen for two: at 51
+members 6 % (padded, as ops) to 32 % (unpadded) below the same step compiled at 51
+(BENCHMARKS.md).
 
 Nothing here changes what is trained. A saved step whose guards do not hold for a train
 stage's ensemble is never called: that stage traces its own, as it would have without this
@@ -54,9 +60,10 @@ def experiment_members(params: dict, name: str):
 
 
 def sample(members: list) -> list:
-    """The runs a step is compiled on: its only run (an ensemble of one has sizes of 1
-    specialised); in an ensemble padded to its largest vocabulary, a run of the smallest and
-    one of the largest (the padded step differs); else the first and last."""
+    """A few runs whose trainer holds the same saved-step keys as the whole ensemble's (its
+    only run: an ensemble of one has sizes of 1 specialised; in an ensemble padded to its
+    largest vocabulary, a run of the smallest and one of the largest, since the padded step
+    differs; else the first and last): enough to read the keys, cheap to build."""
     if len(members) <= 2:
         return members
     smallest = min(members, key=_task_sizes)
@@ -73,55 +80,55 @@ def _task_sizes(member) -> tuple[int, ...]:
 
 def steps_to_compile(
     experiments: dict, opts: EngineOptions, max_members: int, n_devices: int, pad: bool = True
-) -> list[tuple[str, list[str], int]]:
-    """(experiment, run ids of a sample, runs of the job it stands for) for each distinct
-    compiled step not yet saved.
+) -> list[tuple[str, list[str]]]:
+    """(experiment, run ids of the ensemble to compile it on) for each distinct compiled step
+    not yet saved: the largest ensemble of every train stage that uses the step.
 
-    Ensembles are planned as the train stages will plan them, and each sample's saved-step
-    keys are read from an ensemble built on the device with the options of the whole job
-    (`options_for_ensemble`: on a GPU a sample of two runs would otherwise take the plain
-    forward where the job shares prefixes, and its step would serve no train stage, as in
-    the thirteenth session's first try). Experiments that differ only in what the graph does
-    not hold (step budget, data sizes, vocabulary) share one step."""
+    Ensembles are planned as the train stages will plan them, and each one's saved-step keys
+    are read from a sample of its runs built on the device with the options of the whole
+    ensemble (`options_for_ensemble`: on a GPU a sample of two runs would otherwise take the
+    plain forward where the ensemble shares prefixes, and its step would serve no train
+    stage, as in the thirteenth session's first try). Experiments that differ only in what the
+    graph does not hold (step budget, data sizes, vocabulary) share one step."""
     import torch
 
     from grokpipe.train.ensemble import EnsembleTrainer
     from grokpipe.train.runner import plan_jobs
 
-    seen, todo = set(), []
+    largest: dict[tuple, tuple[str, list]] = {}  # step -> (experiment, runs of its ensemble)
     for name, (_, members) in experiments.items():
         for job in plan_jobs(members, max_members, n_devices, name, set(), pad):
-            picked = sample(job.members)
             job_opts = options_for_ensemble(opts, len(job.members))
-            trainer = EnsembleTrainer(picked, job_opts, label=name)
+            trainer = EnsembleTrainer(sample(job.members), job_opts, label=name)
             keys = tuple(trainer.saved_step_keys().values())
+            if all(precompiled.saved_on_disk(k) for k in keys):
+                continue
             # A one-run ensemble has its sizes of 1 specialised: a step of its own under the
             # same key. (Once a key has any saved step, a later one-run ensemble is not
             # compiled here: its train stage traces it, as it would without this stage.)
-            step = (keys, len(picked) == 1)
-            if step not in seen and not all(precompiled.saved_on_disk(k) for k in keys):
-                todo.append((name, [m.run_id for m in picked], len(job.members)))
-            seen.add(step)
+            step = (keys, len(job.members) == 1)
+            if step not in largest or len(job.members) > len(largest[step][1]):
+                largest[step] = (name, job.members)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return todo
+    return [(name, [m.run_id for m in runs]) for name, runs in largest.values()]
 
 
-def compile_step(params: dict, name: str, run_ids: list[str], job_runs: int, opts: EngineOptions):
-    """In a worker process: trace, compile and save the step of `run_ids` of `name`, as the
-    job of `job_runs` runs they sample compiles it. Returns (name, runs, compile seconds,
+def compile_step(params: dict, name: str, run_ids: list[str], opts: EngineOptions):
+    """In a worker process: trace, compile, save and first run (which autotunes its kernels)
+    the step of the ensemble of `run_ids` of `name`. Returns (name, runs, compile seconds,
     where each function came from)."""
     from grokpipe.train.ensemble import EnsembleTrainer
 
     _, members = experiment_members(params, name)
     picked = [m for m in members if m.run_id in set(run_ids)]
-    job_opts = options_for_ensemble(opts, job_runs)
+    job_opts = options_for_ensemble(opts, len(picked))
     trainer = EnsembleTrainer(picked, job_opts, label=f"precompile {name}")
     trainer.prepare()
     return name, len(picked), trainer.timing.compile_s, trainer.timing.compiled_from
 
 
-def compile_all(todo: list[tuple[str, list[str], int]], params: dict, opts: EngineOptions) -> None:
+def compile_all(todo: list[tuple[str, list[str]]], params: dict, opts: EngineOptions) -> None:
     """Compile each step in its own process, side by side; every failure is reported, and
     the first one raised."""
     cores = os.cpu_count() or 2
@@ -133,7 +140,7 @@ def compile_all(todo: list[tuple[str, list[str], int]], params: dict, opts: Engi
     errors = []
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(compile_step, params, *step, opts) for step in todo]
-        for (name, ids, _), future in zip(todo, futures, strict=True):
+        for (name, ids), future in zip(todo, futures, strict=True):
             try:
                 got, runs, seconds, source = future.result()
             except Exception as exc:

@@ -82,7 +82,7 @@ def run_of(vocab):
     return SimpleNamespace(data=SimpleNamespace(info=info), config=CONFIG)
 
 
-def test_sample_covers_the_padded_vocabulary_else_first_and_last():
+def test_keys_are_read_on_a_sample_covering_the_padded_vocabulary():
     a, b, c, d = (run_of(v) for v in (99, 99, 99, 99))
     assert stage.sample([a]) == [a]
     assert stage.sample([a, b]) == [a, b]
@@ -94,13 +94,10 @@ def test_sample_covers_the_padded_vocabulary_else_first_and_last():
 def test_each_distinct_step_compiled_once_then_loaded_by_the_train_stage(project, capsys):
     params, experiments = project
     todo = stage.steps_to_compile(experiments, OPTS, max_members=256, n_devices=1)
-    # a's step serves b; c (sequence loss) and d (one run) need their own
-    assert [(name, len(ids), runs) for name, ids, runs in todo] == [
-        ("a", 2, 3),
-        ("c", 2, 3),
-        ("d", 1, 1),
-    ]
-    assert todo[0][1] == ["r0000", "r0002"]
+    # a's step serves b; c (sequence loss) and d (one run) need their own; each is compiled
+    # on the whole of the largest ensemble that uses it (inductor tunes kernels to its sizes)
+    assert [(name, len(ids)) for name, ids in todo] == [("a", 3), ("c", 3), ("d", 1)]
+    assert todo[0][1] == ["r0000", "r0001", "r0002"]
 
     stage.compile_all(todo, params, OPTS)  # worker processes, side by side
     out = capsys.readouterr().out
@@ -119,7 +116,7 @@ def test_each_distinct_step_compiled_once_then_loaded_by_the_train_stage(project
 def test_a_failing_compile_is_raised(project):
     params, _ = project
     with pytest.raises(ConfigError, match="no_such_experiment"):
-        stage.compile_all([("no_such_experiment", ["r0000"], 1)], params, OPTS)
+        stage.compile_all([("no_such_experiment", ["r0000"])], params, OPTS)
 
 
 def test_markers_hold_nothing_of_the_machine(project, monkeypatch):
@@ -150,14 +147,27 @@ def test_a_torch_without_bytecode_is_reported(monkeypatch, capsys):
     assert "python -m compileall" in capsys.readouterr().err
 
 
-def test_a_sample_compiles_the_forward_of_its_whole_job(project):
+def test_the_largest_ensemble_of_a_shared_step_is_compiled_not_the_first(project):
+    """b (2 runs) comes first, a (3 runs) shares its step: a's ensemble is the one compiled,
+    so that the kernels are tuned to the larger sizes (the smaller one trains with them too)."""
+    _, experiments = project
+    reordered = {"b": experiments["b"], "a": experiments["a"]}
+    todo = stage.steps_to_compile(reordered, OPTS, max_members=256, n_devices=1)
+    assert todo == [("a", ["r0000", "r0001", "r0002"])]
+    # with two devices a is dealt as two ensembles (2 + 1 runs) and b as two of one run each:
+    # the two-run half is compiled, and the one-run ensembles' step of its own
+    todo = stage.steps_to_compile(reordered, OPTS, max_members=256, n_devices=2)
+    assert [(name, len(ids)) for name, ids in todo] == [("b", 1), ("a", 2)]
+
+
+def test_each_ensemble_size_gets_the_forward_it_trains_with(project):
     """Shared prefixes only from `prefix_min_members` runs up (on a GPU, small ensembles take
-    the plain forward): the sample of two runs that stands for a's three compiles a's forward,
-    and b's two runs their own, so that each train stage loads its step instead of tracing."""
+    the plain forward): a's three runs compile a's forward and b's two runs their own, so that
+    each train stage loads its step instead of tracing."""
     params, experiments = project
     opts = replace(OPTS, prefix_min_members=3)
     todo = stage.steps_to_compile(experiments, opts, max_members=256, n_devices=1)
-    assert [(name, runs) for name, _, runs in todo] == [("a", 3), ("b", 2), ("c", 3), ("d", 1)]
+    assert [(name, len(ids)) for name, ids in todo] == [("a", 3), ("b", 2), ("c", 3), ("d", 1)]
     stage.compile_all(todo, params, opts)
     for name in ("a", "b"):
         precompiled.clear_memory()
