@@ -67,10 +67,10 @@ class EngineConfig:
     # runs or more: "auto" = on with compile on CUDA (see `EngineOptions.combo_kernels`)
     combo_kernels: bool | str = "auto"
     # gathers whose gradients sum in a fixed order (`EnsembleModel.take`): on one GPU machine
-    # the same code and seed train to the same bits every time, at 16 % of the model-steps/s of the
-    # pipeline's large (padded) ensembles, 155 s of the H100 main job (BENCHMARKS.md,
-    # fourteenth session; the thirteenth's probe, unpadded, said 7 %). "auto" = on a GPU
-    # only: on a CPU the gathers' backward has a fixed order already
+    # the same code and seed train to the same bits every time, at ~9 % of the model-steps/s of
+    # the large ensembles (H100 probe at 51 runs, fifteenth session; 16 % in the fourteenth
+    # session's pipeline, whose steps were compiled on two-run samples: BENCHMARKS.md). "auto"
+    # = on a GPU only: on a CPU the gathers' backward has a fixed order already
     deterministic: bool | str = "auto"
 
     def validate(self, key: str) -> None:
