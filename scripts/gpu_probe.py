@@ -16,7 +16,9 @@ Diagnostics for BENCHMARKS.md, not a test. Each argument is one measurement,
      forward), first run, then reused by the measured ensemble with the size hints and kernel
      choices the sample gave it: how the precompile stage compiled until the fifteenth
      session, which found this 6-32 % slower at 51 members than a step compiled at 51; the
-     stage now compiles on the largest ensemble
+     stage now compiles on the largest ensemble; with `GP_SAMPLE_EVERY=k` the sample is every
+     k-th run instead (e.g. 4: a quarter of the ensemble, both tasks when padded), to ask
+     whether kernels tuned at that size serve the whole ensemble as well
 Example: `python scripts/gpu_probe.py 64:tf32:c 64:tf32:cs 64:tf32:csd 64:bf16:csd 64:tf32:csdP`
 `GP_INDUCTOR="max_autotune_gemm=1,triton.autotune_pointwise=0"` sets inductor config options
 for the whole probe. Every measurement traces its own step: a step saved by an earlier probe
@@ -86,7 +88,8 @@ def trainer(E, precision, flags, steps):
     # forward, compiled and run (CUDA-graph capture runs it, which autotunes its kernels at the
     # sample's sizes)
     opts = options_for_ensemble(options(flags, loaded=True), len(runs))
-    first = EnsembleTrainer(sample(runs), opts, label="probe sample")
+    every = int(os.environ.get("GP_SAMPLE_EVERY", 0))
+    first = EnsembleTrainer(runs[::every] if every else sample(runs), opts, label="probe sample")
     first.prepare()
     log(
         f"E={E} {precision} {flags}: sample of {len(first.members)} compiled in "
