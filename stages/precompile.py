@@ -33,7 +33,8 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -114,41 +115,84 @@ def steps_to_compile(
     return [(name, [m.run_id for m in runs]) for name, runs in largest.values()]
 
 
-def compile_step(params: dict, name: str, run_ids: list[str], opts: EngineOptions):
+@dataclass(frozen=True)
+class CompiledStep:
+    """What a worker reports of one step: where its time went, and where each function came
+    from ("traced", or "disk" when an earlier process had saved it)."""
+
+    name: str
+    runs: int
+    start_s: float  # from submission to the worker starting on it (process start, imports)
+    setup_s: float  # reading the runs and building the ensemble
+    compile_s: float  # tracing, compiling, saving and the first run (kernel autotuning)
+    compiled_from: dict
+
+
+def compile_step(
+    params: dict, name: str, run_ids: list[str], opts: EngineOptions, submitted: float
+) -> CompiledStep:
     """In a worker process: trace, compile, save and first run (which autotunes its kernels)
-    the step of the ensemble of `run_ids` of `name`. Returns (name, runs, compile seconds,
-    where each function came from)."""
+    the step of the ensemble of `run_ids` of `name`."""
+    start = time.time()
     from grokpipe.train.ensemble import EnsembleTrainer
 
     _, members = experiment_members(params, name)
     picked = [m for m in members if m.run_id in set(run_ids)]
     job_opts = options_for_ensemble(opts, len(picked))
     trainer = EnsembleTrainer(picked, job_opts, label=f"precompile {name}")
+    setup_s = time.time() - start
     trainer.prepare()
-    return name, len(picked), trainer.timing.compile_s, trainer.timing.compiled_from
+    timing = trainer.timing
+    return CompiledStep(
+        name, len(picked), start - submitted, setup_s, timing.compile_s, timing.compiled_from
+    )
+
+
+# kernel-compile processes each compiling worker may start, even where that oversubscribes
+OVERSUBSCRIBED_COMPILE_THREADS = 8
+
+
+def compile_threads(cores: int, workers: int) -> int:
+    """Inductor's kernel-compile processes for each of `workers` compiling side by side.
+
+    An even share (cores / workers) leaves cores idle once the small steps are done: in the
+    fifteenth session's main job (8 workers on 16 cores) the five parity steps compiled in
+    24-32 s and the signed and seq2seq steps in ~80 s, while the step of ops and the sweep
+    (~300 kernels) took 150 s on its 2 kernel-compile processes (120 s with 16 in a probe).
+    With up to `OVERSUBSCRIBED_COMPILE_THREADS` each, the steps still compiling take up the
+    cores the others left."""
+    return max(1, cores // workers, min(cores, OVERSUBSCRIBED_COMPILE_THREADS))
 
 
 def compile_all(todo: list[tuple[str, list[str]]], params: dict, opts: EngineOptions) -> None:
-    """Compile each step in its own process, side by side; every failure is reported, and
-    the first one raised."""
+    """Compile each step in its own process, side by side, reporting each as it finishes (the
+    last one is the stage's critical path); every failure is reported, and the first raised."""
     cores = os.cpu_count() or 2
     workers = max(1, min(len(todo), cores // 2))
-    # inductor's kernel-compile workers, shared out between the processes compiling at once
-    os.environ["TORCHINDUCTOR_COMPILE_THREADS"] = str(max(1, cores // workers))
+    os.environ["TORCHINDUCTOR_COMPILE_THREADS"] = str(compile_threads(cores, workers))
     t0 = time.perf_counter()
     print(f"precompile: {len(todo)} step(s) on {opts.device}, {workers} at a time", flush=True)
     errors = []
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(compile_step, params, *step, opts) for step in todo]
-        for (name, ids), future in zip(todo, futures, strict=True):
+        futures = {
+            pool.submit(compile_step, params, name, ids, opts, time.time()): (name, ids)
+            for name, ids in todo
+        }
+        for future in as_completed(futures):
+            name, ids = futures[future]
             try:
-                got, runs, seconds, source = future.result()
+                step = future.result()
             except Exception as exc:
                 errors.append(exc)
                 print(f"  {name} ({len(ids)} run(s)): failed: {exc!r}", file=sys.stderr)
                 continue
-            where = ", ".join(f"{k} {v}" for k, v in source.items())
-            print(f"  {got} ({runs} run(s)): {seconds:.1f} s ({where})", flush=True)
+            where = ", ".join(f"{k} {v}" for k, v in step.compiled_from.items())
+            print(
+                f"  {step.name} ({step.runs} run(s)), done at {time.perf_counter() - t0:.0f} s: "
+                f"{step.compile_s:.1f} s ({where}); worker start {step.start_s:.1f} s, "
+                f"set-up {step.setup_s:.1f} s",
+                flush=True,
+            )
     if errors:
         raise errors[0]
     print(f"precompile: done in {time.perf_counter() - t0:.1f} s", flush=True)

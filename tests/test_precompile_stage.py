@@ -113,6 +113,14 @@ def test_each_distinct_step_compiled_once_then_loaded_by_the_train_stage(project
         precompiled.clear_memory()
 
 
+@pytest.mark.parametrize(
+    "cores, workers, threads",
+    [(16, 8, 8), (2, 1, 2), (64, 8, 8), (64, 2, 32), (4, 2, 4), (1, 1, 1)],
+)
+def test_compile_threads_leave_no_core_idle_when_small_steps_finish(cores, workers, threads):
+    assert stage.compile_threads(cores, workers) == threads
+
+
 def test_a_failing_compile_is_raised(project):
     params, _ = project
     with pytest.raises(ConfigError, match="no_such_experiment"):
