@@ -101,7 +101,8 @@ class EngineOptions:
 def options_for_ensemble(opts: EngineOptions, members: int) -> EngineOptions:
     """`opts` with the forward an ensemble of `members` runs takes (shared prefixes or not)
     settled. An ensemble built on a part of those runs with these options compiles the same
-    step: the precompile stage's sample of two runs, a job resumed with its unfinished runs."""
+    step: the precompile stage's sample it reads step keys from, a job resumed with its
+    unfinished runs."""
     least = opts.prefix_min_members
     if least is None:
         least = CUDA_PREFIX_MIN_MEMBERS if torch.device(opts.device).type == "cuda" else 1
