@@ -144,8 +144,8 @@ def pooled_members(parts: list[tuple[str, list[int]]], n_steps: int, precision: 
     """The runs of several operations, (op, seeds) each, in one list numbered m0000.. in order.
     S5 beside x/y mod 97 is a pool the runner pads into one ensemble (`pad_task_sizes`)."""
     out = []
-    for tag, (op, seeds) in zip("abcdefghij", parts, strict=False):
-        out += members_from_block(power_block(op, 97, n_steps, seeds, precision=precision), tag)
+    for i, (op, seeds) in enumerate(parts):
+        out += members_from_block(power_block(op, 97, n_steps, seeds, precision=precision), f"p{i}")
     for i, m in enumerate(out):
         m.run_id = f"m{i:04d}"
     return out

@@ -120,7 +120,6 @@ class CompiledStep:
     """What a worker reports of one step: where its time went, and where each function came
     from ("traced", or "disk" when an earlier process had saved it)."""
 
-    name: str
     runs: int
     start_s: float  # from submission to the worker starting on it (process start, imports)
     setup_s: float  # reading the runs and building the ensemble
@@ -144,7 +143,7 @@ def compile_step(
     trainer.prepare()
     timing = trainer.timing
     return CompiledStep(
-        name, len(picked), start - submitted, setup_s, timing.compile_s, timing.compiled_from
+        len(picked), start - submitted, setup_s, timing.compile_s, timing.compiled_from
     )
 
 
@@ -188,7 +187,7 @@ def compile_all(todo: list[tuple[str, list[str]]], params: dict, opts: EngineOpt
                 continue
             where = ", ".join(f"{k} {v}" for k, v in step.compiled_from.items())
             print(
-                f"  {step.name} ({step.runs} run(s)), done at {time.perf_counter() - t0:.0f} s: "
+                f"  {name} ({step.runs} run(s)), done at {time.perf_counter() - t0:.0f} s: "
                 f"{step.compile_s:.1f} s ({where}); worker start {step.start_s:.1f} s, "
                 f"set-up {step.setup_s:.1f} s",
                 flush=True,
