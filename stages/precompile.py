@@ -6,9 +6,10 @@ earlier process saved one (`grokpipe.train.precompiled`) and otherwise traces it
 core. Traced stage after stage, the main job's seven distinct steps (Power et al.'s transformer
 with the loss on the answer, with the loss on every token, and five parity MLPs) took 291 s on
 the H100 host in the ninth session (111 s for the first alone), while the host's other 15
-cores sat idle. Here each distinct step is traced in a process of its own, side by side, on
-the largest ensemble that will use it: ensemble and task sizes are compiled as dynamic sizes,
-so the saved step fits every ensemble of its train stages. The train stages then load it
+cores sat idle. Here each distinct step is traced on the largest ensemble that will use it,
+each of its two functions (the optimiser step and the evaluation chunk) in a process of its
+own, all side by side: ensemble and task sizes are compiled as dynamic sizes, so the saved
+step fits every ensemble of its train stages. The train stages then load it
 (tenth session: this stage took 108 s, and every train stage loaded its step in 7-9 s).
 
 Why the largest ensemble, not a small sample of it: inductor takes the sizes a step is traced
@@ -44,6 +45,7 @@ from grokpipe.io import atomic_dir, stage_main
 from grokpipe.tasks import store
 from grokpipe.train import precompiled
 from grokpipe.train.ensemble import (
+    COMPILED_FUNCTIONS,
     EngineOptions,
     group_key,
     options_for_ensemble,
@@ -116,22 +118,27 @@ def steps_to_compile(
 
 
 @dataclass(frozen=True)
-class CompiledStep:
-    """What a worker reports of one step: where its time went, and where each function came
-    from ("traced", or "disk" when an earlier process had saved it)."""
+class CompiledFunction:
+    """What a worker reports of one compiled function of a step: where its time went, and
+    where the function came from ("traced", or "disk" when an earlier process had saved it)."""
 
     runs: int
     start_s: float  # from submission to the worker starting on it (process start, imports)
     setup_s: float  # reading the runs and building the ensemble
     compile_s: float  # tracing, compiling, saving and the first run (kernel autotuning)
-    compiled_from: dict
+    source: str
 
 
-def compile_step(
-    params: dict, name: str, run_ids: list[str], opts: EngineOptions, submitted: float
-) -> CompiledStep:
-    """In a worker process: trace, compile, save and first run (which autotunes its kernels)
-    the step of the ensemble of `run_ids` of `name`."""
+def compile_function(
+    params: dict,
+    name: str,
+    run_ids: list[str],
+    function: str,
+    opts: EngineOptions,
+    submitted: float,
+) -> CompiledFunction:
+    """In a worker process: trace, compile, save and first run (which tunes its kernels) one
+    of the step's functions (`COMPILED_FUNCTIONS`) for the ensemble of `run_ids` of `name`."""
     start = time.time()
     from grokpipe.train.ensemble import EnsembleTrainer
 
@@ -140,11 +147,19 @@ def compile_step(
     job_opts = options_for_ensemble(opts, len(picked))
     trainer = EnsembleTrainer(picked, job_opts, label=f"precompile {name}")
     setup_s = time.time() - start
-    trainer.prepare()
+    trainer.compile_one(function)
     timing = trainer.timing
-    return CompiledStep(
-        len(picked), start - submitted, setup_s, timing.compile_s, timing.compiled_from
+    return CompiledFunction(
+        len(picked), start - submitted, setup_s, timing.compile_s, timing.compiled_from[function]
     )
+
+
+def compile_tasks(todo: list[tuple[str, list[str]]]) -> list[tuple[str, list[str], str]]:
+    """Each step's functions as tasks of their own, the largest ensembles' first: the
+    largest step is the stage's critical path, and its two functions (85 s and 25 s for the
+    sweep's 189 runs on the H100 host) then compile side by side rather than in turn."""
+    ordered = sorted(todo, key=lambda step: -len(step[1]))  # stable: ties keep their order
+    return [(name, ids, function) for name, ids in ordered for function in COMPILED_FUNCTIONS]
 
 
 # kernel-compile processes each compiling worker may start, even where that oversubscribes
@@ -164,32 +179,37 @@ def compile_threads(cores: int, workers: int) -> int:
 
 
 def compile_all(todo: list[tuple[str, list[str]]], params: dict, opts: EngineOptions) -> None:
-    """Compile each step in its own process, side by side, reporting each as it finishes (the
-    last one is the stage's critical path); every failure is reported, and the first raised."""
+    """Compile each function of each step in its own process, side by side, reporting each
+    as it finishes (the last one is the stage's critical path); every failure is reported,
+    and the first raised."""
+    tasks = compile_tasks(todo)
     cores = os.cpu_count() or 2
-    workers = max(1, min(len(todo), cores // 2))
+    workers = max(1, min(len(tasks), cores // 2))
     os.environ["TORCHINDUCTOR_COMPILE_THREADS"] = str(compile_threads(cores, workers))
     t0 = time.perf_counter()
-    print(f"precompile: {len(todo)} step(s) on {opts.device}, {workers} at a time", flush=True)
+    print(
+        f"precompile: {len(todo)} step(s) on {opts.device}, {len(tasks)} functions, "
+        f"{workers} at a time",
+        flush=True,
+    )
     errors = []
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         futures = {
-            pool.submit(compile_step, params, name, ids, opts, time.time()): (name, ids)
-            for name, ids in todo
+            pool.submit(compile_function, params, name, ids, fn, opts, time.time()): (name, ids, fn)
+            for name, ids, fn in tasks
         }
         for future in as_completed(futures):
-            name, ids = futures[future]
+            name, ids, fn = futures[future]
             try:
-                step = future.result()
+                done = future.result()
             except Exception as exc:
                 errors.append(exc)
-                print(f"  {name} ({len(ids)} run(s)): failed: {exc!r}", file=sys.stderr)
+                print(f"  {name} {fn} ({len(ids)} run(s)): failed: {exc!r}", file=sys.stderr)
                 continue
-            where = ", ".join(f"{k} {v}" for k, v in step.compiled_from.items())
             print(
-                f"  {name} ({step.runs} run(s)), done at {time.perf_counter() - t0:.0f} s: "
-                f"{step.compile_s:.1f} s ({where}); worker start {step.start_s:.1f} s, "
-                f"set-up {step.setup_s:.1f} s",
+                f"  {name} {fn} ({done.runs} run(s)), done at {time.perf_counter() - t0:.0f} s: "
+                f"{done.compile_s:.1f} s ({done.source}); worker start {done.start_s:.1f} s, "
+                f"set-up {done.setup_s:.1f} s",
                 flush=True,
             )
     if errors:

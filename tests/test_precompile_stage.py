@@ -101,7 +101,11 @@ def test_each_distinct_step_compiled_once_then_loaded_by_the_train_stage(project
 
     stage.compile_all(todo, params, OPTS)  # worker processes, side by side
     out = capsys.readouterr().out
-    assert "3 step(s) on cpu" in out and out.count("train_step traced") == 3
+    assert "3 step(s) on cpu, 6 functions" in out
+    for name in ("a", "c", "d"):  # each function once, in a worker of its own
+        for function in ("train_step", "eval_chunk"):
+            assert out.count(f"  {name} {function} (") == 1, (name, function)
+    assert out.count("(traced)") == 6
     assert stage.steps_to_compile(experiments, OPTS, 256, 1) == []
 
     # what a train stage (a new process, nothing in memory) then does: load, not trace
@@ -111,6 +115,22 @@ def test_each_distinct_step_compiled_once_then_loaded_by_the_train_stage(project
         t.prepare()
         assert t.timing.compiled_from == {"train_step": "disk", "eval_chunk": "disk"}, name
         precompiled.clear_memory()
+
+
+def test_the_largest_step_is_compiled_first_one_function_per_task():
+    """The largest ensemble's step is the stage's critical path: its functions are handed to
+    the first workers, and run side by side."""
+    todo = [("small", ["r0"]), ("big", ["r0", "r1", "r2"]), ("mid", ["r0", "r1"])]
+    tasks = stage.compile_tasks(todo)
+    assert [(name, fn) for name, _, fn in tasks] == [
+        ("big", "train_step"),
+        ("big", "eval_chunk"),
+        ("mid", "train_step"),
+        ("mid", "eval_chunk"),
+        ("small", "train_step"),
+        ("small", "eval_chunk"),
+    ]
+    assert tasks[0][1] == ["r0", "r1", "r2"]
 
 
 @pytest.mark.parametrize(
@@ -125,6 +145,13 @@ def test_a_failing_compile_is_raised(project):
     params, _ = project
     with pytest.raises(ConfigError, match="no_such_experiment"):
         stage.compile_all([("no_such_experiment", ["r0000"])], params, OPTS)
+
+
+def test_compile_one_needs_a_compiling_engine(project):
+    _, experiments = project
+    trainer = EnsembleTrainer(experiments["d"][1], replace(OPTS, compile=False))
+    with pytest.raises(ValueError, match="engine.compile"):
+        trainer.compile_one("train_step")
 
 
 def test_markers_hold_nothing_of_the_machine(project, monkeypatch):

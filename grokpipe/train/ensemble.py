@@ -180,6 +180,10 @@ def group_key(cfg: RunConfig, data: TaskData, pad_task_sizes: bool = True) -> st
 # it, so ensembles set up in turn train side by side (`runner`, `jobs_per_device`).
 setup_lock = threading.RLock()
 
+# what the engine compiles for an ensemble: one optimiser step, and the evaluation of one chunk
+# of dataset rows; each is saved and loaded on its own (`precompiled`)
+COMPILED_FUNCTIONS = ("train_step", "eval_chunk")
+
 
 class JobAborted(RuntimeError):
     """Raised in a training loop that stops because a job beside it failed."""
@@ -634,21 +638,42 @@ class EnsembleTrainer:
                 for dim in dims:
                     torch._dynamo.maybe_mark_dynamic(t, dim)
 
-    def _precompiled_functions(self):
-        """The step and the evaluation chunk, loaded from a previous process's compile when
-        one fits this ensemble (`precompiled`), else traced, compiled and saved."""
+    def _compiled_methods(self) -> dict[str, tuple]:
+        """The functions compiled for this ensemble (`COMPILED_FUNCTIONS`), each with the
+        arguments it is traced and first run with."""
+        return {
+            "train_step": (self._train_step, ()),
+            "eval_chunk": (self._eval_chunk, (self.eval_chunks[0],)),
+        }
+
+    def _precompiled_function(self, name: str):
+        """One compiled function, loaded from a previous process's compile when one fits this
+        ensemble (`precompiled`), else traced, compiled and saved."""
+        method, args = self._compiled_methods()[name]
+        key = self.saved_step_keys()[name]
         backend = self.opts.compile_backend
-        keys = self.saved_step_keys()
-        out = []
-        for name, method, args in (
-            ("train_step", self._train_step, ()),
-            ("eval_chunk", self._eval_chunk, (self.eval_chunks[0],)),
-        ):
-            key = keys[name]
-            fn, source = precompiled.compiled_method(method, args, key, backend, self._mark_dynamic)
-            self.timing.compiled_from[name] = source
-            out.append(fn)
-        return out
+        fn, source = precompiled.compiled_method(method, args, key, backend, self._mark_dynamic)
+        self.timing.compiled_from[name] = source
+        return fn
+
+    def compile_one(self, name: str) -> None:
+        """For the precompile stage: compile (or load) one of `COMPILED_FUNCTIONS` and run it
+        once, which tunes its kernels at this ensemble's sizes (inductor keeps the choice on
+        disk for the processes that load the function). The step's two functions can then
+        compile in two processes side by side: for the fraction sweep's 189 runs, 85 s and
+        25 s one after the other in one (fifteenth session, H100).
+
+        The ensemble is left one step or one evaluation chunk on: a throw-away."""
+        if not (self.opts.compile and precompiled.available()):
+            raise ValueError("compile_one needs engine.compile and a torch that saves steps")
+        t0 = time.perf_counter()
+        with setup_lock:
+            self._configure_compiler()
+            fn = self._precompiled_function(name)
+            fn(*self._compiled_methods()[name][1])
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        self.timing.compile_s += time.perf_counter() - t0
 
     def saved_step_keys(self) -> dict[str, str]:
         """The `precompiled` entry key of each compiled function: ensembles with equal keys
@@ -656,7 +681,7 @@ class EnsembleTrainer:
         key = self._compile_key()
         return {
             name: precompiled.entry_key(name, key, self.opts.compile_backend, self.device)
-            for name in ("train_step", "eval_chunk")
+            for name in COMPILED_FUNCTIONS
         }
 
     def _traced_functions(self):
@@ -675,6 +700,21 @@ class EnsembleTrainer:
         self.timing.compiled_from = {"train_step": "traced", "eval_chunk": "traced"}
         return train_fn, chunk_fn
 
+    def _configure_compiler(self) -> None:
+        """The process-wide compiler settings this ensemble's functions are traced under."""
+        _quiet_compile_advice()
+        if self.device.type == "cuda":
+            import torch._inductor.config as inductor_config
+
+            inductor_config.combo_kernels = self.combo_kernels_on
+        if self.opts.dynamic_sizes:
+            # no "duck" sizes: equal sizes that happen to coincide (say members and
+            # classes) must not become one symbol, or the graph only fits that coincidence
+            fx_config.use_duck_shape = False
+            # the model's own parameters are traced too (functional_call swaps them):
+            # their member and task dims vary like the other tensors'
+            torch._dynamo.config.force_parameter_static_shapes = False
+
     def prepare(self) -> None:
         """Compile and capture (on CUDA); time spent here is reported as compile time."""
         with setup_lock:
@@ -686,20 +726,9 @@ class EnsembleTrainer:
         t0 = time.perf_counter()
         train_fn, chunk_fn, finish_fn = self._train_step, self._eval_chunk, self._eval_finish
         if self.opts.compile:
-            _quiet_compile_advice()
-            if self.device.type == "cuda":
-                import torch._inductor.config as inductor_config
-
-                inductor_config.combo_kernels = self.combo_kernels_on
-            if self.opts.dynamic_sizes:
-                # no "duck" sizes: equal sizes that happen to coincide (say members and
-                # classes) must not become one symbol, or the graph only fits that coincidence
-                fx_config.use_duck_shape = False
-                # the model's own parameters are traced too (functional_call swaps them):
-                # their member and task dims vary like the other tensors'
-                torch._dynamo.config.force_parameter_static_shapes = False
+            self._configure_compiler()
             if self.opts.precompiled and precompiled.available():
-                train_fn, chunk_fn = self._precompiled_functions()
+                train_fn, chunk_fn = map(self._precompiled_function, COMPILED_FUNCTIONS)
             else:
                 train_fn, chunk_fn = self._traced_functions()
             # `finish_fn` stays eager: a few dozen small ops once per evaluation, replayed from
