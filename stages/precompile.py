@@ -85,7 +85,8 @@ def steps_to_compile(
     experiments: dict, opts: EngineOptions, max_members: int, n_devices: int, pad: bool = True
 ) -> list[tuple[str, list[str]]]:
     """(experiment, run ids of the ensemble to compile it on) for each distinct compiled step
-    not yet saved: the largest ensemble of every train stage that uses the step.
+    not yet saved: the largest ensemble of every train stage that uses the step; the steps
+    likely to take longest to compile first.
 
     Ensembles are planned as the train stages will plan them, and each one's saved-step keys
     are read from a sample of its runs built on the device with the options of the whole
@@ -99,6 +100,7 @@ def steps_to_compile(
     from grokpipe.train.runner import plan_jobs
 
     largest: dict[tuple, tuple[str, list]] = {}  # step -> (experiment, runs of its ensemble)
+    graph_size: dict[tuple, int] = {}  # step -> its model's parameter tensors
     for name, (_, members) in experiments.items():
         for job in plan_jobs(members, max_members, n_devices, name, set(), pad):
             job_opts = options_for_ensemble(opts, len(job.members))
@@ -112,9 +114,15 @@ def steps_to_compile(
             step = (keys, len(job.members) == 1)
             if step not in largest or len(job.members) > len(largest[step][1]):
                 largest[step] = (name, job.members)
+                graph_size[step] = len(list(trainer.model.parameters()))
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return [(name, [m.run_id for m in runs]) for name, runs in largest.values()]
+    # costliest first: compile time grows with the graph, which grows with the model's
+    # parameter tensors (each has its forward, backward and optimiser ops), and then with the
+    # ensemble (kernel tuning). H100, sixteenth session: the transformers' steps took 78-89 s
+    # to compile, the parity MLPs' 14-25 s; queued behind the MLPs, the signed step ended last
+    costliest = sorted(largest, key=lambda step: (-graph_size[step], -len(largest[step][1])))
+    return [(largest[step][0], [m.run_id for m in largest[step][1]]) for step in costliest]
 
 
 @dataclass(frozen=True)
@@ -127,6 +135,7 @@ class CompiledFunction:
     setup_s: float  # reading the runs and building the ensemble
     compile_s: float  # tracing, compiling, saving and the first run (kernel autotuning)
     source: str
+    torch_threads: int  # the worker's share of the cores (`_share_cores`)
 
 
 def compile_function(
@@ -140,6 +149,8 @@ def compile_function(
     """In a worker process: trace, compile, save and first run (which tunes its kernels) one
     of the step's functions (`COMPILED_FUNCTIONS`) for the ensemble of `run_ids` of `name`."""
     start = time.time()
+    import torch
+
     from grokpipe.train.ensemble import EnsembleTrainer
 
     _, members = experiment_members(params, name)
@@ -150,16 +161,21 @@ def compile_function(
     trainer.compile_one(function)
     timing = trainer.timing
     return CompiledFunction(
-        len(picked), start - submitted, setup_s, timing.compile_s, timing.compiled_from[function]
+        len(picked),
+        start - submitted,
+        setup_s,
+        timing.compile_s,
+        timing.compiled_from[function],
+        torch.get_num_threads(),
     )
 
 
 def compile_tasks(todo: list[tuple[str, list[str]]]) -> list[tuple[str, list[str], str]]:
-    """Each step's functions as tasks of their own, the largest ensembles' first: the
-    largest step is the stage's critical path, and its two functions (85 s and 25 s for the
-    sweep's 189 runs on the H100 host) then compile side by side rather than in turn."""
-    ordered = sorted(todo, key=lambda step: -len(step[1]))  # stable: ties keep their order
-    return [(name, ids, function) for name, ids in ordered for function in COMPILED_FUNCTIONS]
+    """Each step's functions as tasks of their own, in the steps' order (`steps_to_compile`
+    puts the costliest first): the step of the fraction sweep's 189 runs is the stage's
+    critical path, and its two functions (85 s and 25 s on the H100 host) then compile side by
+    side rather than in turn."""
+    return [(name, ids, function) for name, ids in todo for function in COMPILED_FUNCTIONS]
 
 
 # kernel-compile processes each compiling worker may start, even where that oversubscribes
@@ -178,6 +194,18 @@ def compile_threads(cores: int, workers: int) -> int:
     return max(1, cores // workers, min(cores, OVERSUBSCRIBED_COMPILE_THREADS))
 
 
+def _share_cores(threads: int) -> None:
+    """In each compiling worker: torch's CPU ops take the worker's share of the cores.
+
+    Each process otherwise starts one OpenMP thread per core, and eight workers on 16 cores
+    ran 128 of them while the kernel compiles ran too: building the fraction sweep's 189 runs
+    (7.5 s in its train stage) took 92 s in its precompile workers, and a parity MLP ensemble
+    (0.1 s) 12-16 s (H100 host, sixteenth session), on the stage's critical path."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def compile_all(todo: list[tuple[str, list[str]]], params: dict, opts: EngineOptions) -> None:
     """Compile each function of each step in its own process, side by side, reporting each
     as it finishes (the last one is the stage's critical path); every failure is reported,
@@ -193,7 +221,9 @@ def compile_all(todo: list[tuple[str, list[str]]], params: dict, opts: EngineOpt
         flush=True,
     )
     errors = []
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+    spawn = get_context("spawn")
+    threads = max(1, cores // workers)
+    with ProcessPoolExecutor(workers, spawn, _share_cores, (threads,)) as pool:
         futures = {
             pool.submit(compile_function, params, name, ids, fn, opts, time.time()): (name, ids, fn)
             for name, ids, fn in tasks
@@ -209,7 +239,7 @@ def compile_all(todo: list[tuple[str, list[str]]], params: dict, opts: EngineOpt
             print(
                 f"  {name} {fn} ({done.runs} run(s)), done at {time.perf_counter() - t0:.0f} s: "
                 f"{done.compile_s:.1f} s ({done.source}); worker start {done.start_s:.1f} s, "
-                f"set-up {done.setup_s:.1f} s",
+                f"set-up {done.setup_s:.1f} s on {done.torch_threads} thread(s)",
                 flush=True,
             )
     if errors:
