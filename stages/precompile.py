@@ -99,8 +99,8 @@ def steps_to_compile(
     from grokpipe.train.ensemble import EnsembleTrainer
     from grokpipe.train.runner import plan_jobs
 
-    largest: dict[tuple, tuple[str, list]] = {}  # step -> (experiment, runs of its ensemble)
-    graph_size: dict[tuple, int] = {}  # step -> its model's parameter tensors
+    # step -> (its model's parameter tensors, experiment, runs of its largest ensemble)
+    largest: dict[tuple, tuple[int, str, list]] = {}
     for name, (_, members) in experiments.items():
         for job in plan_jobs(members, max_members, n_devices, name, set(), pad):
             job_opts = options_for_ensemble(opts, len(job.members))
@@ -112,17 +112,16 @@ def steps_to_compile(
             # same key. (Once a key has any saved step, a later one-run ensemble is not
             # compiled here: its train stage traces it, as it would without this stage.)
             step = (keys, len(job.members) == 1)
-            if step not in largest or len(job.members) > len(largest[step][1]):
-                largest[step] = (name, job.members)
-                graph_size[step] = len(list(trainer.model.parameters()))
+            if step not in largest or len(job.members) > len(largest[step][2]):
+                largest[step] = (len(list(trainer.model.parameters())), name, job.members)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     # costliest first: compile time grows with the graph, which grows with the model's
     # parameter tensors (each has its forward, backward and optimiser ops), and then with the
     # ensemble (kernel tuning). H100, sixteenth session: the transformers' steps took 78-89 s
     # to compile, the parity MLPs' 14-25 s; queued behind the MLPs, the signed step ended last
-    costliest = sorted(largest, key=lambda step: (-graph_size[step], -len(largest[step][1])))
-    return [(largest[step][0], [m.run_id for m in largest[step][1]]) for step in costliest]
+    costliest = sorted(largest.values(), key=lambda step: (-step[0], -len(step[2])))
+    return [(name, [m.run_id for m in runs]) for _, name, runs in costliest]
 
 
 @dataclass(frozen=True)
@@ -154,7 +153,8 @@ def compile_function(
     from grokpipe.train.ensemble import EnsembleTrainer
 
     _, members = experiment_members(params, name)
-    picked = [m for m in members if m.run_id in set(run_ids)]
+    wanted = set(run_ids)
+    picked = [m for m in members if m.run_id in wanted]
     job_opts = options_for_ensemble(opts, len(picked))
     trainer = EnsembleTrainer(picked, job_opts, label=f"precompile {name}")
     setup_s = time.time() - start

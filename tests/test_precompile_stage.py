@@ -129,8 +129,8 @@ def test_each_function_of_a_step_is_a_task_of_its_own():
 
 def test_the_costliest_steps_compile_first(project):
     """A larger model (more parameter tensors) before a larger ensemble of a smaller one: on
-    the H100 host the transformers' steps took 3-6x as long to compile as the parity MLPs'."""
-    params, experiments = project
+    the H100 host the transformers' steps took 3-6x as long to compile as the parity MLPs'.
+    (`project` has made the folder; the params are then replaced.)"""
     big = yaml.safe_load(yaml.safe_dump(PARAMS))
     big["experiments"]["e"] = experiment("x-y", 20, seeds=(0, 1, 2, 3))
     big["experiments"]["c"]["model"] = {"n_layers": 2}  # a bigger graph, 3 runs
