@@ -697,7 +697,7 @@ class EnsembleTrainer:
         # fullgraph: a graph break would run eagerly and host-synchronise, silently
         train_fn = torch.compile(self._train_step, backend=backend, dynamic=False, fullgraph=True)
         chunk_fn = torch.compile(self._eval_chunk, backend=backend, dynamic=False, fullgraph=True)
-        self.timing.compiled_from = {"train_step": "traced", "eval_chunk": "traced"}
+        self.timing.compiled_from = dict.fromkeys(COMPILED_FUNCTIONS, "traced")
         return train_fn, chunk_fn
 
     def _configure_compiler(self) -> None:
