@@ -23,6 +23,7 @@ Example: `python scripts/gpu_probe.py 64:tf32:c 64:tf32:cs 64:tf32:csd 64:bf16:c
 `GP_INDUCTOR="max_autotune_gemm=1,triton.autotune_pointwise=0"` sets inductor config options
 for the whole probe. Every measurement traces its own step: a step saved by an earlier probe
 (`precompiled`) may have been compiled with other inductor options, which its key does not hold.
+`GP_BLAS=cublaslt` makes every matrix product go through cuBLASLt (else torch's default).
 `GP_DETERMINISTIC=1` runs the whole probe under `torch.use_deterministic_algorithms(True)`
 (inductor then avoids atomic adds). A table of every timed measurement is printed last.
 """
@@ -38,6 +39,8 @@ from grokpipe.bench import pooled_members
 from grokpipe.train.ensemble import EngineOptions, EnsembleTrainer, options_for_ensemble
 from stages.precompile import sample
 
+if os.environ.get("GP_BLAS"):  # "cublas" or "cublaslt": the library of every matrix product
+    torch.backends.cuda.preferred_blas_library(os.environ["GP_BLAS"])
 if os.environ.get("GP_DETERMINISTIC"):
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts
     torch.use_deterministic_algorithms(True)
@@ -140,14 +143,24 @@ def profile(E, precision, flags, steps=20):
         for _ in range(steps):
             t._train_fn()
         torch.cuda.synchronize()
-    rows = sorted(prof.key_averages(), key=lambda e: -e.device_time_total)
+    # device activity only: the profile also lists the host's launch calls (`cuLaunchKernel`,
+    # `cudaMemsetAsync`), which until the seventeenth session were counted as kernels too
+    rows = sorted(
+        (e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA),
+        key=lambda e: -e.device_time_total,
+    )
     total = sum(e.device_time_total for e in rows)
-    n = sum(e.count for e in rows) // steps
-    log(f"profile E={E} {precision} {flags}: {total / steps / 1e3:.3f} ms/step, {n} kernels")
-    for e in rows[:30]:
+    n = sum(e.count for e in rows if "Memset" not in e.key) // steps
+    memsets = sum(e.count for e in rows if "Memset" in e.key) // steps
+    log(
+        f"profile E={E} {precision} {flags}: {total / steps / 1e3:.3f} ms/step, {n} kernels"
+        f" and {memsets} memsets"
+    )
+    top = int(os.environ.get("GP_TOP", 30))  # kernels listed (and with GP_KERNELS, dumped)
+    for e in rows[:top]:
         log(f"  {e.device_time_total / steps / 1e3:7.3f} ms {e.count // steps:3d}x  {e.key[:100]}")
     if os.environ.get("GP_KERNELS"):  # a file to write the top Triton kernels' sources to
-        dump_kernels([e.key for e in rows[:12]], os.environ["GP_KERNELS"])
+        dump_kernels([e.key for e in rows[:top]], os.environ["GP_KERNELS"])
 
 
 def dump_kernels(names, path):

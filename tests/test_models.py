@@ -318,11 +318,13 @@ def test_deterministic_gathers_take_the_same_rows_and_gradients(dtype, matmul_dt
         assert torch.allclose(grads[True].double(), grads[False].double(), rtol=tol, atol=tol)
 
 
-def test_deterministic_gathers_are_products_only_where_a_backward_follows(monkeypatch):
-    """Inside a gradient (`torch.func.grad`, as the training step) the rows' gradient comes
-    from one one-hot product, read as [E, U, R] transposed (operands with R-row leading
-    dimensions); without grad (evaluation) `take` is the indexed gather alone, whose forward
-    has no atomic adds."""
+def test_deterministic_gathers_are_products_only_in_the_backward(monkeypatch):
+    """Inside the step's gradient (`loss_gradients`) the rows are the indexed gather's and
+    their gradient is one one-hot product, read as [E, U, R] (operands with R-row leading
+    dimensions); the forward computes no product. Without grad (evaluation) `take` is the
+    indexed gather alone, whose forward has no atomic adds."""
+    from grokpipe.train.gradients import gradient_anchor, loss_gradients
+
     model = build_model("transformer", TransformerConfig(n_layers=1, d_model=16), TOKEN_INFO, 3)
     model.deterministic_gathers = True
     table, index = torch.randn(3, 13, 16), torch.randint(0, 13, (3, 5, 4))
@@ -332,8 +334,9 @@ def test_deterministic_gathers_are_products_only_where_a_backward_follows(monkey
     with torch.no_grad():
         rows = model.take(table, index)
     assert products == []
-    grad = torch.func.grad(lambda t: model.take(t, index).square().sum())(table)
-    assert [(a.shape, a.stride()) for a in products] == [((3, 20, 13), (260, 1, 20))]
+    square = lambda p: model.take(p["t"], index).square().sum()  # noqa: E731
+    grad = loss_gradients(square, {"t": table}, gradient_anchor("cpu"))["t"]
+    assert [(a.shape, a.stride()) for a in products] == [((3, 13, 20), (260, 20, 1))]
     assert torch.equal(rows, table[torch.arange(3).reshape(3, 1, 1), index])
     expected = torch.zeros(3, 13, 16).index_put_(
         (torch.arange(3).reshape(3, 1, 1).expand(3, 5, 4), index), 2 * rows, accumulate=True
@@ -341,20 +344,29 @@ def test_deterministic_gathers_are_products_only_where_a_backward_follows(monkey
     assert torch.allclose(grad, expected, atol=1e-5)
 
 
-def test_compiled_gradient_of_deterministic_gathers_has_no_scatter():
-    """What the GPU's compiled step runs: torch.compile of `torch.func.grad` through the
-    transformer with shared prefixes (embedding and prefix key/value gathers). With
-    `deterministic_gathers` its joint graph holds no accumulating `index_put` (an atomic add
-    on a GPU, summing in a changing order); without, it does. A custom autograd function
-    would pass an eager test and still fail here: compile ignores its backward."""
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_compiled_gradient_of_deterministic_gathers_has_no_scatter(deterministic):
+    """What the GPU's compiled step runs: torch.compile of the step's gradient
+    (`loss_gradients`, torch.autograd.grad traced into the graph) through the transformer
+    with shared prefixes (embedding and prefix key/value gathers). With `deterministic_gathers`
+    the graph holds no accumulating `index_put` (an atomic add on a GPU, summing in a changing
+    order) and the gradients are those of eager autograd; without, it scatters. Under
+    `torch.func.grad`, as the step was until the seventeenth session, compile ignored the
+    custom backward and scattered all the same."""
     from functorch.compile import make_boxed_func
     from torch._dynamo.backends.common import aot_autograd
 
+    from grokpipe.train.gradients import (
+        allow_compiled_gradients,
+        gradient_anchor,
+        loss_gradients,
+    )
     from grokpipe.train.prefix import prefix_plan
 
     E = 3
     model = transformer(E, n_layers=2)
     model.matmul_dtype = torch.bfloat16
+    model.deterministic_gathers = deterministic
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, TOKEN_INFO["vocab_size"], (E, 40, TOKEN_INFO["seq_len"]), generator=g)
     plan = prefix_plan(x.numpy(), 2)
@@ -362,7 +374,8 @@ def test_compiled_gradient_of_deterministic_gathers_has_no_scatter():
     params = {k: v.detach() for k, v in model.named_parameters()}
 
     def loss(p):
-        return torch.func.functional_call(model, p, (x[:, :, 2:],), {"prefix": prefix}).sum()
+        out = torch.func.functional_call(model, p, (x[:, :, 2:],), {"prefix": prefix})
+        return out.square().sum()
 
     graphs = []
 
@@ -370,11 +383,17 @@ def test_compiled_gradient_of_deterministic_gathers_has_no_scatter():
         graphs.append(gm.code)
         return make_boxed_func(gm.forward)
 
-    backend = aot_autograd(fw_compiler=keep, bw_compiler=keep)
-    for deterministic in (False, True):
-        model.deterministic_gathers = deterministic
-        graphs.clear()
-        torch._dynamo.reset()
-        torch.compile(torch.func.grad(loss), backend=backend, fullgraph=True)(params)
-        scatters = "".join(graphs).count("index_put")
-        assert (scatters == 0) == deterministic, (deterministic, scatters)
+    allow_compiled_gradients()
+    torch._dynamo.reset()
+    anchor = gradient_anchor("cpu")
+    step = torch.compile(
+        lambda p: loss_gradients(loss, p, anchor),
+        backend=aot_autograd(fw_compiler=keep, bw_compiler=keep),
+        fullgraph=True,
+    )
+    compiled = step(params)
+    scatters = "".join(graphs).count("index_put")
+    assert (scatters == 0) == deterministic, scatters
+    eager = loss_gradients(loss, params, anchor)
+    for name, grad in eager.items():
+        assert torch.equal(compiled[name], grad), name

@@ -52,22 +52,19 @@ class EnsembleModel(nn.Module):
         adds on a GPU, in an order that changes from run to run; training is chaotic enough
         that two runs of the same seed then drift apart (twelfth session, H100: histories
         differed by up to 6.8 after 3 000 steps). With `deterministic_gathers`, where a
-        backward may follow (grad enabled, as inside the step's `torch.func.grad`), the rows
-        keep the gather's value but take their gradient from a product with a one-hot matrix,
-        whose backward is a matrix product: a fixed summation order.
+        backward may follow, the rows are the gather's but their gradient is a product with a
+        one-hot matrix (`OneHotGradientGather`): a fixed summation order, in `matmul_dtype`
+        on tensor cores like every other product of the step (the table's gradient is then
+        rounded as the weights' gradients are: bfloat16 under `bf16`, TF32 under `tf32`).
 
-        The value stays the gather's bit for bit (the product enters as `p - p.detach()`, an
-        exact zero), so the product may run in `matmul_dtype`, on tensor cores, as every other
-        product of the step: the table's gradient is then rounded as the weights' gradients
-        are (bfloat16 under `bf16`, TF32 under `tf32`). A custom autograd function with a
-        one-hot backward would spare the forward product, but torch.compile traces through
-        `torch.func.grad` to the forward's own derivative and ignores custom backwards
-        (thirteenth session: its compiled step still scattered with atomic adds)."""
-        rows = gather_rows(table, index)
+        Until the seventeenth session the product was also computed in the forward (the rows
+        plus `product - product.detach()`, an exact zero), because the step's gradient came
+        from `torch.func.grad`, under which torch.compile ignores a custom backward. The step
+        now differentiates with `torch.autograd.grad` (`grokpipe.train.gradients`), which
+        compiles the custom backward as written."""
         if not (self.deterministic_gathers and torch.is_grad_enabled()):
-            return rows
-        product = one_hot_rows(table, index, self.matmul_dtype or table.dtype)
-        return rows.detach() + (product - product.detach())
+            return gather_rows(table, index)
+        return OneHotGradientGather.apply(table, index, self.matmul_dtype or table.dtype)
 
     def new_param(self, *shape: int) -> nn.Parameter:
         return nn.Parameter(torch.zeros(self.n_members, *shape))
@@ -145,16 +142,37 @@ def gather_rows(table: Tensor, index: Tensor) -> Tensor:
     return table[member, index]
 
 
-def one_hot_rows(table: Tensor, index: Tensor, dtype: torch.dtype) -> Tensor:
-    """`gather_rows` as a product in `dtype` of a one-hot matrix with the table. The one-hot
-    matrix is built [E, U, R] and read transposed, so that both products of its backward and
-    forward read operands whose leading dimension is R rows (aligned, for tensor-core
-    kernels), not the table's U rows (97 for mod 97: misaligned, for slower kernels)."""
-    E, U = table.shape[0], table.shape[1]
+def one_hot_columns(index: Tensor, U: int, dtype: torch.dtype) -> Tensor:
+    """[E, U, R] with a one where row r of member e is `index[e, r]` (R = the index's other
+    elements, flattened). Built [E, U, R] so that the gradient's product reads it with R-row
+    leading dimensions (aligned, for tensor-core kernels), not U rows (97 for mod 97)."""
+    E = index.shape[0]
     flat = index.reshape(E, 1, -1)
-    one_hot = (torch.arange(U, device=index.device).reshape(1, U, 1) == flat).to(dtype)
-    out = torch.bmm(one_hot.transpose(1, 2), table.reshape(E, U, -1).to(dtype))
-    return out.reshape(*index.shape, *table.shape[2:])
+    return (torch.arange(U, device=index.device).reshape(1, U, 1) == flat).to(dtype)
+
+
+class OneHotGradientGather(torch.autograd.Function):
+    """`gather_rows` forward; backward a product of the one-hot matrix with the rows'
+    gradient, in `dtype`: each table row sums its rows' gradients in a fixed order."""
+
+    @staticmethod
+    def forward(table: Tensor, index: Tensor, dtype: torch.dtype) -> Tensor:
+        return gather_rows(table, index)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        table, index, dtype = inputs
+        ctx.save_for_backward(index)
+        ctx.table_shape, ctx.table_dtype, ctx.dtype = table.shape, table.dtype, dtype
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (index,) = ctx.saved_tensors
+        E, U = ctx.table_shape[0], ctx.table_shape[1]
+        one_hot = one_hot_columns(index, U, ctx.dtype)
+        rows = grad.reshape(E, one_hot.shape[-1], -1).to(ctx.dtype)
+        table_grad = torch.bmm(one_hot, rows).reshape(ctx.table_shape).to(ctx.table_dtype)
+        return table_grad, None, None
 
 
 def bmm(x: Tensor, w: Tensor) -> Tensor:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
-from torch.func import functional_call, grad
+from torch.func import functional_call
 from torch.fx.experimental import _config as fx_config
 
 from grokpipe.config.experiment import RunConfig
@@ -31,6 +31,7 @@ from grokpipe.models import MODELS, build_model
 from grokpipe.tasks.base import TaskData, stack_padded
 from grokpipe.train import checkpoint as ckpt
 from grokpipe.train import precompiled
+from grokpipe.train.gradients import allow_compiled_gradients, gradient_anchor, loss_gradients
 from grokpipe.train.losses import LOSSES, correct
 from grokpipe.train.optim import Hyper, apply_updates, init_state
 from grokpipe.train.prefix import plan_prefix
@@ -420,7 +421,7 @@ class EnsembleTrainer:
         self.eval_val_w = (self.val_mask[:, pad] * real).reshape(E, n_chunks, rows)
         self.eval_sums = torch.zeros(4, E, device=dev)
         self.med_pairs = _med_pairs([m.data.info.get("med_ranges") for m in members], dev)
-        self._grad = grad(self._loss, has_aux=True)
+        self._anchor = gradient_anchor(dev)
         self.step_host = 0
         self.evals_done = 0
         self.timing = Timing(setup_s=time.perf_counter() - t0)
@@ -481,8 +482,7 @@ class EnsembleTrainer:
         per = LOSSES[self.cfg.train.loss](self._masked(out), y)
         if self.seq:
             per = (per * self.position_weights.unsqueeze(1)).sum(-1)
-        member_loss = (per * w).sum(1)
-        return member_loss.sum(), member_loss.detach()
+        return (per * w).sum()
 
     def _batch(self):
         """(inputs, targets, weights, each row's prefix or None) of this step's batch."""
@@ -496,7 +496,7 @@ class EnsembleTrainer:
         return x, targets[self.member_idx, rows], self.batch_weights, prefix
 
     def _train_step(self):
-        grads, _ = self._grad(self.params, *self._batch())
+        grads = loss_gradients(self._loss, self.params, self._anchor, *self._batch())
         t = self.step + 1
         due = (torch.remainder(t, self.periods.clamp(min=1)) == 0) & (self.periods > 0)
         gates = due.to(self.active.dtype) * self.active.unsqueeze(1)
@@ -703,6 +703,7 @@ class EnsembleTrainer:
     def _configure_compiler(self) -> None:
         """The process-wide compiler settings this ensemble's functions are traced under."""
         _quiet_compile_advice()
+        allow_compiled_gradients()
         if self.device.type == "cuda":
             import torch._inductor.config as inductor_config
 
