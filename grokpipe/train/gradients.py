@@ -3,10 +3,10 @@
 The step used `torch.func.grad` until the seventeenth session. Under torch.compile that
 transform differentiates the forward as traced and ignores custom backwards
 (`torch.autograd.Function`), so a gather could only get a deterministic gradient by computing
-a one-hot product in the forward as well, ~9 % of the large ensembles' step on an H100.
-`torch.autograd.grad` on leaf copies of the parameters computes the same gradients and, with
-dynamo's `trace_autograd_ops` (torch ≥ 2.11), compiles into one graph with every custom
-backward as written. Eager (the CPU path) it is plain autograd.
+a one-hot product in the forward as well (~4 % of the large ensembles' step on an H100).
+`torch.autograd.grad` computes the same gradients and, with dynamo's `trace_autograd_ops`
+(torch ≥ 2.11), compiles into one graph with every custom backward as written. Eager (the CPU
+path) it is plain autograd.
 """
 
 from __future__ import annotations
