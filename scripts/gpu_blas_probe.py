@@ -12,7 +12,9 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-SHAPES = [  # (rows, inner, out) per member: the FFN up, its two backward products, attention
+# (rows, inner, out, layout) per member: the FFN's up product, its two backward products and
+# the attention's input product; a layout's T reads that operand transposed
+SHAPES = [
     (1024, 128, 512, "NN"),
     (1024, 512, 128, "NN"),
     (128, 1024, 512, "TN"),

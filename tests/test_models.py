@@ -334,7 +334,10 @@ def test_deterministic_gathers_are_products_only_in_the_backward(monkeypatch):
     with torch.no_grad():
         rows = model.take(table, index)
     assert products == []
-    square = lambda p: model.take(p["t"], index).square().sum()  # noqa: E731
+
+    def square(p):
+        return model.take(p["t"], index).square().sum()
+
     grad = loss_gradients(square, {"t": table}, gradient_anchor("cpu"))["t"]
     assert [(a.shape, a.stride()) for a in products] == [((3, 13, 20), (260, 20, 1))]
     assert torch.equal(rows, table[torch.arange(3).reshape(3, 1, 1), index])
