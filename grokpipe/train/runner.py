@@ -66,12 +66,14 @@ class EngineConfig:
     # inductor's combo kernels (horizontal fusion) in compiled CUDA steps of ensembles of two
     # runs or more: "auto" = on with compile on CUDA (see `EngineOptions.combo_kernels`)
     combo_kernels: bool | str = "auto"
-    # gathers whose gradients sum in a fixed order (`EnsembleModel.take`): on one GPU machine
-    # the same code and seed train to the same bits every time, at ~9 % of the model-steps/s of
-    # the large ensembles (H100 probe at 51 runs, fifteenth session; 16 % in the fourteenth
-    # session's pipeline, whose steps were compiled on two-run samples: BENCHMARKS.md). "auto"
-    # = on a GPU only: on a CPU the gathers' backward has a fixed order already
-    deterministic: bool | str = "auto"
+    # gathers whose gradients sum in a fixed order (`EnsembleModel.take`): on one machine the
+    # same code and seed train to the same bits every time, at ~9 % of the model-steps/s of the
+    # large ensembles on a GPU (H100 probe at 51 runs, fifteenth session; BENCHMARKS.md). On
+    # every device: a CPU's indexed gathers also add their gradients in a varying order in an
+    # ensemble of one run (a run alone, or an early-stopping ensemble shrunk to its last run;
+    # eighteenth session, torch 2.13 on 2 cores), though not at two or more. "auto", which
+    # meant a GPU only until then, is kept as a synonym of true.
+    deterministic: bool | str = True
 
     def validate(self, key: str) -> None:
         check(self.max_members >= 1, f"{key}.max_members", "must be positive")
@@ -140,7 +142,7 @@ class EngineConfig:
             compile=pick(self.compile),
             cuda_graph=pick(self.cuda_graph) and cuda,
             combo_kernels=pick(self.combo_kernels) and cuda,
-            deterministic=pick(self.deterministic),
+            deterministic=self.deterministic in ("auto", True),
             eval_chunk_rows=self.eval_chunk_rows,
             progress=self.progress,
             progress_position=position,
