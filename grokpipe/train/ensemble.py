@@ -704,9 +704,17 @@ class EnsembleTrainer:
         """The process-wide compiler settings this ensemble's functions are traced under."""
         _quiet_compile_advice()
         allow_compiled_gradients()
-        if self.device.type == "cuda":
-            import torch._inductor.config as inductor_config
+        import torch._inductor.config as inductor_config
 
+        # Deterministic gathers fix the step's own summation order; inductor's mode fixes the
+        # order inside its reductions. By default inductor picks a reduction kernel's block
+        # size and warps by timing candidates on first launch, in every process that loads
+        # the kernel, and those choices sum in different orders: in the eighteenth session
+        # three trainings of the same 81 sweep runs on one H100 gave three different
+        # histories (differing from the first evaluation on, by an ulp, then diverging
+        # chaotically). The mode picks reduction configurations by heuristic instead.
+        inductor_config.deterministic = self.opts.deterministic
+        if self.device.type == "cuda":
             inductor_config.combo_kernels = self.combo_kernels_on
         if self.opts.dynamic_sizes:
             # no "duck" sizes: equal sizes that happen to coincide (say members and
