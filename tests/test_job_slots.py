@@ -87,6 +87,23 @@ def test_combo_kernels_are_for_compiled_cuda_steps_of_two_runs_or_more():
     assert two.saved_step_keys() != one.saved_step_keys()
 
 
+def test_deterministic_engine_fixes_inductors_reduction_configurations():
+    """With `engine.deterministic`, the step compiles under inductor's deterministic mode, whose
+    reduction kernels take their configuration by heuristic rather than by timing candidates
+    in each process (which sum in different orders); without it, inductor times them."""
+    import torch._inductor.config as inductor_config
+
+    members = members_from_block(block({"seed": [0, 1]}, steps=10))
+    before = inductor_config.deterministic
+    try:
+        for flag in (True, False):
+            trainer = EnsembleTrainer(members, EngineOptions(progress=False, deterministic=flag))
+            trainer._configure_compiler()
+            assert inductor_config.deterministic is flag
+    finally:
+        inductor_config.deterministic = before
+
+
 def test_deterministic_gathers_are_an_engine_setting_with_their_own_saved_step():
     """`engine.deterministic` reaches the model on every device, is checked as a boolean, and
     is part of the saved step's key (the two compile different graphs)."""

@@ -66,13 +66,13 @@ class EngineConfig:
     # inductor's combo kernels (horizontal fusion) in compiled CUDA steps of ensembles of two
     # runs or more: "auto" = on with compile on CUDA (see `EngineOptions.combo_kernels`)
     combo_kernels: bool | str = "auto"
-    # gathers whose gradients sum in a fixed order (`EnsembleModel.take`): on one machine the
-    # same code and seed train to the same bits every time, at ~9 % of the model-steps/s of the
-    # large ensembles on a GPU (H100 probe at 51 runs, fifteenth session; BENCHMARKS.md). On
-    # every device: a CPU's indexed gathers also add their gradients in a varying order in an
-    # ensemble of one run (a run alone, or an early-stopping ensemble shrunk to its last run;
-    # eighteenth session, torch 2.13 on 2 cores), though not at two or more. "auto", which
-    # meant a GPU only until then, is kept as a synonym of true.
+    # fixed summation orders: gathers whose gradients are one-hot products, not atomic adds
+    # (`EnsembleModel.take`), and inductor's deterministic mode, which picks reduction
+    # kernels' configurations by heuristic rather than by timing them in each process
+    # (`EnsembleTrainer._configure_compiler`). See README "Reproducibility" for what this
+    # does and does not make bit-identical. On every device: a CPU's indexed gathers also add
+    # in a varying order in an ensemble of one run (eighteenth session, torch 2.13 on 2
+    # cores). "auto", which meant a GPU only until then, is kept as a synonym of true.
     deterministic: bool | str = True
 
     def validate(self, key: str) -> None:
