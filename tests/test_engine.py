@@ -297,12 +297,15 @@ def test_answer_and_sequence_loss_members_share_an_ensemble_like_runs_alone():
     assert max_rel(a, b) > 1e-2  # the two losses really differ
 
 
-def test_compaction_pays_for_itself_only():
-    # 100 members at 10 ms a step, 50 000 steps to go, 30 s to rebuild
-    assert not should_compact(80, 100, 50_000, 0.01, 30.0), "too few members stopped"
-    assert should_compact(75, 100, 50_000, 0.01, 30.0)  # saves 125 s > 2 x 30 s
-    assert not should_compact(75, 100, 2_000, 0.01, 30.0), "saves 5 s, costs 30 s"
-    assert not should_compact(0, 100, 50_000, 0.01, 30.0), "nothing left to train"
+def test_compaction_rule_reads_only_steps_and_members():
+    """Shrinking depends on the step, the budget and the active members, never on measured
+    time, so that reruns shrink at the same steps (an ensemble's size can change its bits)."""
+    # 100 members, 50 000 of a 100 000-step budget to go
+    assert not should_compact(80, 100, 50_000, 100_000, False), "too few members stopped"
+    assert should_compact(75, 100, 50_000, 100_000, False)  # saves 12 500 steps >= 5 000
+    assert not should_compact(75, 100, 10_000, 100_000, False), "saves 2 500 steps < 5 000"
+    assert not should_compact(0, 100, 50_000, 100_000, False), "nothing left to train"
+    assert not should_compact(1, 100, 50_000, 100_000, True), "the smaller step would compile"
 
 
 def test_later_ensembles_of_one_model_reuse_the_compiled_step(monkeypatch):

@@ -851,26 +851,18 @@ class EnsembleTrainer:
         new.step_host, new.evals_done = self.step_host, self.evals_done
         return new
 
-    def rebuild_estimate_s(self, members: int | None = None) -> float:
-        """Seconds to continue in a smaller ensemble (`subset`) of `members` runs: its setup,
-        plus either a compile like this one's or, when this process holds this ensemble's
-        compiled step (the same key, dynamic sizes), only CUDA-graph capture, taken as one
-        second. An ensemble of one run specialises its sizes of 1, and a step of static sizes
-        fits one ensemble only, so either counts as a compile."""
-        one_run = members == 1 and self.E > 1
-        if not self.opts.compile or not self.opts.dynamic_sizes or one_run:
-            reusable = False
-        elif self.opts.precompiled and precompiled.available():
-            reusable = True  # `precompiled` keeps every step it loaded or compiled in memory
-        else:
-            reusable = _compiled_key == self._compile_key()
-        return self.timing.setup_s + (1.0 if reusable else self.timing.compile_s)
+    def rebuild_compiles(self, members: int) -> bool:
+        """Whether continuing in a smaller ensemble (`subset`) of `members` runs needs a
+        compile of its own, rather than the compiled step this one holds (dynamic sizes): an
+        ensemble of one run specialises its sizes of 1, and a step of static sizes fits one
+        ensemble only. Read from the options alone, never from what this process happens to
+        hold, so that the decision is the same at every rerun."""
+        if not self.opts.compile:
+            return False
+        return not self.opts.dynamic_sizes or (members == 1 and self.E > 1)
 
     def active_members(self) -> list[int]:
         return torch.nonzero(self.active > 0).flatten().tolist()
-
-    def seconds_per_step(self) -> float | None:
-        return self.timing.train_s / self.timing.steps if self.timing.steps else None
 
     # ---------------------------------------------------------------- the loop ----------
     def run(self, on_checkpoint=None, should_compact=None, abort=None) -> str:
