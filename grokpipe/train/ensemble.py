@@ -93,9 +93,9 @@ class EngineOptions:
     # on torch 2.11 that one compiled a combined kernel that failed with an unspecified launch
     # failure (eighth session, p 31, d 64, its sizes of 1 specialised)
     combo_kernels: bool = False
-    # gathers whose backward has a fixed summation order (`EnsembleModel.take`): a run trains
-    # to the same bits every time on the same GPU and code, instead of drifting by the order
-    # of atomic adds
+    # fixed summation orders: gathers whose backward is a one-hot product, not atomic adds
+    # (`EnsembleModel.take`), and, where the step compiles, inductor's reductions configured
+    # by heuristic rather than by timing (`_configure_compiler`); README "Reproducibility"
     deterministic: bool = False
 
 
