@@ -3,6 +3,7 @@ failure stops the job beside it, and settings that cannot run side by side are r
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
@@ -91,17 +92,24 @@ def test_deterministic_engine_fixes_inductors_reduction_configurations():
     """With `engine.deterministic`, the step compiles under inductor's deterministic mode, whose
     reduction kernels take their configuration by heuristic rather than by timing candidates
     in each process (which sum in different orders); without it, inductor times them."""
+    import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
+    import torch.fx.experimental._config as fx_config
 
     members = members_from_block(block({"seed": [0, 1]}, steps=10))
-    before = inductor_config.deterministic
-    try:
+    # every process-wide setting `_configure_compiler` writes is restored after the test (the
+    # config modules' own `patch`: pytest's monkeypatch deletes their options on undo)
+    with contextlib.ExitStack() as restore:
+        for module, names in (
+            (inductor_config, ("deterministic", "combo_kernels")),
+            (dynamo_config, ("trace_autograd_ops", "force_parameter_static_shapes")),
+            (fx_config, ("use_duck_shape",)),
+        ):
+            restore.enter_context(module.patch({n: getattr(module, n) for n in names}))
         for flag in (True, False):
             trainer = EnsembleTrainer(members, EngineOptions(progress=False, deterministic=flag))
             trainer._configure_compiler()
             assert inductor_config.deterministic is flag
-    finally:
-        inductor_config.deterministic = before
 
 
 def test_deterministic_gathers_are_an_engine_setting_with_their_own_saved_step():
