@@ -89,7 +89,8 @@ PY
         diff "/tmp/repro_winners_$((i - 1)).txt" "/tmp/repro_winners_$i.txt" | head -n 8
       fi
     fi
-    line="$config #$i ($((SECONDS - s0)) s): $(python3 - "/tmp/repro_prev" "data/runs/$EXP" <<'PY'
+    train_s=$(python3 -c "import json; print(round(sum(j['train_s'] for j in json.load(open('data/runs/$EXP/timing.json'))), 1))")
+    line="$config #$i ($((SECONDS - s0)) s, training $train_s s): $(python3 - "/tmp/repro_prev" "data/runs/$EXP" <<'PY'
 import sys
 from pathlib import Path
 import pandas as pd, torch

@@ -91,9 +91,7 @@ def test_combo_kernels_are_for_compiled_cuda_steps_of_two_runs_or_more():
 def test_deterministic_engine_fixes_inductors_reduction_configurations():
     """With `engine.deterministic`, the step compiles under inductor's deterministic mode, whose
     reduction kernels take their configuration by heuristic rather than by timing candidates
-    in each process (which sum in different orders), and whose combo kernels (which may hold
-    reductions, out of the mode's reach) take their default configuration; without it,
-    inductor times both."""
+    in each process (which sum in different orders); without it, inductor times them."""
     import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
     import torch.fx.experimental._config as fx_config
@@ -103,7 +101,7 @@ def test_deterministic_engine_fixes_inductors_reduction_configurations():
     # config modules' own `patch`: pytest's monkeypatch deletes their options on undo)
     with contextlib.ExitStack() as restore:
         for module, names in (
-            (inductor_config, ("deterministic", "combo_kernels", "combo_kernels_autotune")),
+            (inductor_config, ("deterministic", "combo_kernels")),
             (dynamo_config, ("trace_autograd_ops", "force_parameter_static_shapes")),
             (fx_config, ("use_duck_shape",)),
         ):
@@ -112,7 +110,6 @@ def test_deterministic_engine_fixes_inductors_reduction_configurations():
             trainer = EnsembleTrainer(members, EngineOptions(progress=False, deterministic=flag))
             trainer._configure_compiler()
             assert inductor_config.deterministic is flag
-            assert inductor_config.combo_kernels_autotune == (0 if flag else 1)
 
 
 def test_deterministic_gathers_are_an_engine_setting_with_their_own_saved_step():

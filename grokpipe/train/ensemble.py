@@ -714,13 +714,6 @@ class EnsembleTrainer:
         # histories (differing from the first evaluation on, by an ulp, then diverging
         # chaotically). The mode picks reduction configurations by heuristic instead.
         inductor_config.deterministic = self.opts.deterministic
-        # The mode does not reach combo kernels, which may hold reductions beside pointwise
-        # work and were timed in every process just the same: in the nineteenth session, with
-        # the mode on, three trainings of 54 sweep runs on one H100 each differed from the one
-        # before from the fourth step on (PyTorch's eager kernels: bit-identical), while 4
-        # kernels were timed per process. Deterministic steps take the combo kernels'
-        # default configuration instead.
-        inductor_config.combo_kernels_autotune = 0 if self.opts.deterministic else 1
         if self.device.type == "cuda":
             inductor_config.combo_kernels = self.combo_kernels_on
         if self.opts.dynamic_sizes:
