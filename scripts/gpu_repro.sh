@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: is a GPU training reproducible from process to process, and if not, which
-# setting makes it so? Trains one experiment (by default a reduced fraction sweep, 81 runs,
-# 20 000 steps) once through `scripts/gpu_pipeline.sh start`, then trains it again REPEATS times
+# setting makes it so? Trains one experiment (by default a reduced fraction sweep: 54 runs,
+# 3 000 steps, no early stopping, so every training's histories have the same shape) once through `scripts/gpu_pipeline.sh start`, then trains it again REPEATS times
 # under each of CONFIGS, each time in a fresh process from no checkpoint, and compares every
 # run's history and final weights with the training before it (GP_SET must save the weights:
 # `experiments.EXP.options={"save_weights":true}`).
@@ -18,16 +18,20 @@
 # A training under a new config is compared with the last training of the config before it,
 # so the first comparison of each config says only whether the setting changes the bits.
 #
-# Usage on the device: [EXP=fraction_sweep] [REPEATS=3] [CONFIGS="default jobs1 cublas"]
+# Usage on the device: [EXP=fraction_sweep] [REPEATS=3] [CONFIGS="default eager"]
 #   scripts/gpu_repro.sh        (GP_SET as in gpu_pipeline.sh: the reduced sweep by default)
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 EXP=${EXP:-fraction_sweep}
 REPEATS=${REPEATS:-3}
-CONFIGS=${CONFIGS:-"default jobs1 cublas"}
+CONFIGS=${CONFIGS:-"default eager"}
 W=${GP_WORKDIR:-/root/gp}
 export GP_WORKDIR=$W
-export GP_SET=${GP_SET-'experiments.fraction_sweep.grid={"data.op":[x+y,x-y,x/y],"data.train_fraction":[0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9],"seed":[0,1,2]} experiments.fraction_sweep.train.steps=20000 experiments.fraction_sweep.options={"save_weights":true}'}
+export GP_SET=${GP_SET-'experiments.fraction_sweep.grid={"data.op":[x+y,x-y],"data.train_fraction":[0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9],"seed":[0,1,2]} experiments.fraction_sweep.train.steps=3000 experiments.fraction_sweep.train.early_stop=null experiments.fraction_sweep.options={"save_weights":true}'}
+# a pipeline an earlier call left running (`gpu_pipeline.sh start` detaches it) would share the
+# GPU and the cores with this one: in the nineteenth session one kept a stuck precompile going
+pkill -f "dvc repro" 2>/dev/null
+pkill -f "stages\.(precompile|train|analyze)" 2>/dev/null
 t0=$SECONDS
 GP_ONLY=1 "$here/gpu_pipeline.sh" start "train@$EXP" || exit 1
 until grep -q '^EXIT' "$W/pipeline.log" 2>/dev/null; do sleep 5; done
