@@ -106,12 +106,15 @@ if a.shape != b.shape:  # runs stopped early at other steps
 else:
     cols = [c for c in a.columns if c not in ("run_id", "step")]
     diff = (a[cols] - b[cols]).abs().fillna(0.0)
-    rows = diff.max(axis=1) > 0
+    # a value against a NaN differs too (its difference is NaN); two NaNs do not
+    unequal = (a[cols] != b[cols]) & ~(a[cols].isna() & b[cols].isna())
+    rows = unequal.any(axis=1)
     what = f"{int(rows.sum())} of {len(a)} history rows differ"
     if rows.any():
         k = rows.idxmax()
         what += f" (first: {a.run_id[k]} step {a.step[k]}; largest: " + ", ".join(
-            f"{c} {diff[c].max():.2g}" for c in cols if diff[c].max() > 0) + ")"
+            f"{c} {diff[c].max():.2g}" if diff[c].max() > 0 else f"{c} NaN"
+            for c in cols if unequal[c].any()) + ")"
 runs_same = (prev / "runs.tsv").read_bytes() == (now / "runs.tsv").read_bytes()
 # the final weights (GP_SET saves them): is training itself the same, or only the evaluations?
 weights = sorted((now / "weights").glob("*.pt"))
