@@ -712,7 +712,9 @@ class EnsembleTrainer:
         # the kernel, and those choices sum in different orders: in the eighteenth session
         # three trainings of the same 81 sweep runs on one H100 gave three different
         # histories (differing from the first evaluation on, by an ulp, then diverging
-        # chaotically). The mode picks reduction configurations by heuristic instead.
+        # chaotically). The mode picks reduction configurations by heuristic instead. It is
+        # not enough on its own: in the nineteenth session compiled trainings still parted from
+        # process to process while eager ones repeated bit for bit (README "Reproducibility").
         inductor_config.deterministic = self.opts.deterministic
         if self.device.type == "cuda":
             inductor_config.combo_kernels = self.combo_kernels_on
