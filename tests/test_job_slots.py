@@ -8,6 +8,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 from test_engine import block
 
 from grokpipe.config.schema import ConfigError
@@ -101,7 +102,7 @@ def test_deterministic_engine_fixes_inductors_reduction_configurations():
     # config modules' own `patch`: pytest's monkeypatch deletes their options on undo)
     with contextlib.ExitStack() as restore:
         for module, names in (
-            (inductor_config, ("deterministic", "combo_kernels")),
+            (inductor_config, ("deterministic", "combo_kernels", "combo_kernels_pointwise_only")),
             (dynamo_config, ("trace_autograd_ops", "force_parameter_static_shapes")),
             (fx_config, ("use_duck_shape",)),
         ):
@@ -110,6 +111,10 @@ def test_deterministic_engine_fixes_inductors_reduction_configurations():
             trainer = EnsembleTrainer(members, EngineOptions(progress=False, deterministic=flag))
             trainer._configure_compiler()
             assert inductor_config.deterministic is flag
+            # on a GPU, reductions stay out of combo kernels, which inductor tunes by timing
+            trainer.device = torch.device("cuda")
+            trainer._configure_compiler()
+            assert inductor_config.combo_kernels_pointwise_only is flag
 
 
 def test_deterministic_gathers_are_an_engine_setting_with_their_own_saved_step():

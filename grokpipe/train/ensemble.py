@@ -718,6 +718,11 @@ class EnsembleTrainer:
         inductor_config.deterministic = self.opts.deterministic
         if self.device.type == "cuda":
             inductor_config.combo_kernels = self.combo_kernels_on
+            # The mode's filter misses one case: a combo kernel that holds a persistent
+            # reduction beside pointwise parts is tuned as a pointwise kernel, so its warps,
+            # and with them the reduction's order, are still picked by timing in each process.
+            # Deterministic steps keep reductions out of combo kernels.
+            inductor_config.combo_kernels_pointwise_only = self.opts.deterministic
         if self.opts.dynamic_sizes:
             # no "duck" sizes: equal sizes that happen to coincide (say members and
             # classes) must not become one symbol, or the graph only fits that coincidence
