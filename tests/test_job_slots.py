@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import types
 
 import numpy as np
 import pytest
@@ -115,6 +116,28 @@ def test_deterministic_engine_fixes_inductors_reduction_configurations():
             trainer.device = torch.device("cuda")
             trainer._configure_compiler()
             assert inductor_config.combo_kernels_pointwise_only is flag
+
+
+def test_deterministic_engine_stops_older_inductors_rblock_scaling(monkeypatch):
+    """Before torch 2.13, inductor's deterministic mode left "dynamic RBLOCK scaling" on: a
+    reduction kernel timed itself against a copy with half its reduction block at first launch,
+    in each process (the GPU image's torch 2.11, twentieth session). Where the setting exists,
+    a deterministic step turns it off; elsewhere it is left alone. The config module is a
+    stand-in with the older setting, so no process-wide setting changes."""
+    import torch._inductor
+
+    older = types.SimpleNamespace(
+        deterministic=False,
+        combo_kernels=False,
+        combo_kernels_pointwise_only=False,
+        dynamic_scale_rblock=True,
+    )
+    monkeypatch.setattr(torch._inductor, "config", older)
+    members = members_from_block(block({"seed": [0, 1]}, steps=10))
+    for flag in (True, False):
+        opts = EngineOptions(progress=False, deterministic=flag, dynamic_sizes=False)
+        EnsembleTrainer(members, opts)._configure_compiler()
+        assert older.deterministic is flag and older.dynamic_scale_rblock is not flag
 
 
 def test_deterministic_gathers_are_an_engine_setting_with_their_own_saved_step():

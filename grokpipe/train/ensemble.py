@@ -715,14 +715,22 @@ class EnsembleTrainer:
         # chaotically). The mode picks reduction configurations by heuristic instead. It is
         # not enough on its own: in the nineteenth session compiled trainings still parted from
         # process to process while eager ones repeated bit for bit (README "Reproducibility").
-        inductor_config.deterministic = self.opts.deterministic
+        deterministic = self.opts.deterministic
+        inductor_config.deterministic = deterministic
+        # Two holes in the mode, found in the twentieth session:
+        # - before torch 2.13 it leaves "dynamic RBLOCK scaling" on: at a reduction kernel's
+        #   first launch inductor adds a copy with half the block along the reduction (for
+        #   occupancy) and times the two. Five looped LayerNorm/softmax kernels of the fraction
+        #   sweep's step then summed 128 columns in one block in some processes and in two
+        #   blocks of 64 in others. torch 2.13 gates the scaling on the mode itself and has no
+        #   such setting;
+        # - a combo kernel that holds a persistent reduction beside pointwise parts is tuned as
+        #   a pointwise kernel, by timing its warps, which order the reduction.
+        if hasattr(inductor_config, "dynamic_scale_rblock"):
+            inductor_config.dynamic_scale_rblock = not deterministic
         if self.device.type == "cuda":
             inductor_config.combo_kernels = self.combo_kernels_on
-            # The mode's filter misses one case: a combo kernel that holds a persistent
-            # reduction beside pointwise parts is tuned as a pointwise kernel, so its warps,
-            # and with them the reduction's order, are still picked by timing in each process.
-            # Deterministic steps keep reductions out of combo kernels.
-            inductor_config.combo_kernels_pointwise_only = self.opts.deterministic
+            inductor_config.combo_kernels_pointwise_only = deterministic
         if self.opts.dynamic_sizes:
             # no "duck" sizes: equal sizes that happen to coincide (say members and
             # classes) must not become one symbol, or the graph only fits that coincidence
