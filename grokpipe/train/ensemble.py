@@ -713,11 +713,11 @@ class EnsembleTrainer:
         # three trainings of the same 81 sweep runs on one H100 gave three different
         # histories (differing from the first evaluation on, by an ulp, then diverging
         # chaotically). The mode picks reduction configurations by heuristic instead. It is
-        # not enough on its own: in the nineteenth session compiled trainings still parted from
-        # process to process while eager ones repeated bit for bit (README "Reproducibility").
+        # not enough on its own: compiled trainings still parted from process to process
+        # while eager ones repeated bit for bit (nineteenth session), through two holes in
+        # it, found and closed in the twentieth (README "Reproducibility"):
         deterministic = self.opts.deterministic
         inductor_config.deterministic = deterministic
-        # Two holes in the mode, found in the twentieth session:
         # - before torch 2.13 it leaves "dynamic RBLOCK scaling" on: at a reduction kernel's
         #   first launch inductor adds a copy with half the block along the reduction (for
         #   occupancy) and times the two. Five looped LayerNorm/softmax kernels of the fraction
