@@ -67,10 +67,11 @@ class EngineConfig:
     # runs or more: "auto" = on with compile on CUDA (see `EngineOptions.combo_kernels`)
     combo_kernels: bool | str = "auto"
     # fixed summation orders: gathers whose gradients are one-hot products, not atomic adds
-    # (`EnsembleModel.take`), and inductor's deterministic mode, which picks reduction
-    # kernels' configurations by heuristic rather than by timing them in each process
+    # (`EnsembleModel.take`), and no reduction kernel whose configuration inductor picks by
+    # timing it in each process: its deterministic mode, with older inductors' RBLOCK
+    # scaling off and reductions kept out of combo kernels
     # (`EnsembleTrainer._configure_compiler`). See README "Reproducibility" for what this
-    # does and does not make bit-identical. On every device: a CPU's indexed gathers also add
+    # makes bit-identical, and where. On every device: a CPU's indexed gathers also add
     # in a varying order in an ensemble of one run (eighteenth session, torch 2.13 on 2
     # cores). "auto", which meant a GPU only until then, is kept as a synonym of true.
     deterministic: bool | str = True
