@@ -1,6 +1,6 @@
 """The transformer's feed-forward block for a whole ensemble as three Triton kernels that never
-write its hidden activations (experimental: not used by the engine yet; BENCHMARKS.md,
-twentieth session).
+write its hidden activations (experimental, `engine.fused_ffn`, off by default: not yet timed
+on a GPU; BENCHMARKS.md, twentieth session).
 
 Why: at 189 members the compiled step spends ~5 of its 7.2 ms in memory-bound kernels (twelfth
 session's profile). The FFN's [rows, 512] hidden tensors are its largest: the GEMM writes the
@@ -196,6 +196,7 @@ def _check(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor
 def ffn_forward(x, w1, b1, w2, b2) -> torch.Tensor:
     """out [E, R, D] float32 for x [E, R, D] (bfloat16), see the module docstring."""
     _check(x, w1, b1, w2, b2)
+    x, w1, b1, w2, b2 = (t.contiguous() for t in (x, w1, b1, w2, b2))
     E, R, D = x.shape
     F = w1.shape[-1]
     out = torch.empty(E, R, D, dtype=torch.float32, device=x.device)
@@ -209,9 +210,9 @@ def ffn_forward(x, w1, b1, w2, b2) -> torch.Tensor:
 def ffn_backward(x, w1, b1, w2, g) -> tuple[torch.Tensor, ...]:
     """Gradients (dx bf16, dW1 bf16, db1 fp32, dW2 bf16, db2 fp32) for the output gradient
     g [E, R, D] (float32)."""
+    x, w1, b1, w2, g = (t.contiguous() for t in (x, w1, b1, w2, g))
     E, R, D = x.shape
     F = w1.shape[-1]
-    g = g.contiguous()
     dx = torch.empty_like(x)
     dw1, dw2 = torch.empty_like(w1), torch.empty_like(w2)
     db1 = torch.empty_like(b1)
@@ -231,3 +232,62 @@ def reference_ffn(x, w1, b1, w2, b2) -> torch.Tensor:
     pre = torch.bmm(x, w1) + b1[:, None, :]
     z = torch.nn.functional.gelu(pre).to(torch.bfloat16)
     return torch.bmm(z, w2) + b2[:, None, :]
+
+
+# --- as a PyTorch operator -----------------------------------------------------------------
+# A custom operator, opaque to torch.compile: the step's graph calls the three kernels as they
+# are (inductor would not fuse across them anyway), CUDA graphs capture their launches, and
+# autograd reaches the backward kernels through `register_autograd`.
+
+
+@torch.library.custom_op("grokpipe::fused_ffn", mutates_args=())
+def fused_ffn(
+    x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor
+) -> torch.Tensor:
+    return ffn_forward(x, w1, b1, w2, b2)
+
+
+@fused_ffn.register_fake
+def _fused_ffn_fake(x, w1, b1, w2, b2):
+    return x.new_empty(x.shape, dtype=torch.float32)
+
+
+@torch.library.custom_op("grokpipe::fused_ffn_backward", mutates_args=())
+def fused_ffn_backward(
+    x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, g: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return ffn_backward(x, w1, b1, w2, g)
+
+
+@fused_ffn_backward.register_fake
+def _fused_ffn_backward_fake(x, w1, b1, w2, g):
+    E, _, D = x.shape
+    return (
+        torch.empty_like(x),
+        torch.empty_like(w1),
+        torch.empty_like(b1),
+        torch.empty_like(w2),
+        g.new_empty((E, D)),
+    )
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, w1, b1, w2, _ = inputs
+    ctx.save_for_backward(x, w1, b1, w2)
+
+
+def _backward(ctx, grad):
+    return fused_ffn_backward(*ctx.saved_tensors, grad.contiguous())
+
+
+fused_ffn.register_autograd(_backward, setup_context=_setup_context)
+
+
+def ffn_block(h: torch.Tensor, w1, b1, w2, b2) -> torch.Tensor:
+    """`Transformer._ffn` under bf16 with GELU, fused: h [E, ..., D] (float32, the LayerNorm's
+    output) -> [E, ..., D] float32. Weights are the float32 parameters; their bfloat16 copies
+    and the gradients' way back to float32 are autograd's, as in `EnsembleModel.mm`."""
+    bf = torch.bfloat16
+    x = h.reshape(h.shape[0], -1, h.shape[-1]).to(bf).contiguous()
+    out = fused_ffn(x, w1.to(bf).contiguous(), b1.contiguous(), w2.to(bf).contiguous(), b2)
+    return out.reshape(h.shape)
