@@ -347,6 +347,9 @@ class EnsembleTrainer:
             if why:  # said, not silent: the option asked for something this job cannot do
                 warnings.warn(f"engine.fused_ffn: not used for {label}: {why}", stacklevel=2)
             self.model.fused_ffn = why is None
+            if self.model.fused_ffn:
+                # registers its operators, which a step saved by another process refers to
+                import grokpipe.kernels.fused_ffn  # noqa: F401
         for i, m in enumerate(members):
             gen = torch.Generator().manual_seed(m.config.seed)
             self.model.init_member(i, gen, m.config.model.init_scale, m.data.info)
