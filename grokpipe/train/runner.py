@@ -76,8 +76,9 @@ class EngineConfig:
     # cores). "auto", which meant a GPU only until then, is kept as a synonym of true.
     deterministic: bool | str = True
     # experimental: the transformer's feed-forward blocks (bf16, GELU) as fused Triton kernels
-    # that never write their hidden activations (`grokpipe.kernels.fused_ffn`), on CUDA
-    # devices; elsewhere, and for models they do not fit, the usual code (a warning says so)
+    # that never write their hidden activations (`grokpipe.kernels.fused_ffn`). CUDA only:
+    # elsewhere the usual code, as with `cuda_graph`; for a model they do not fit (another
+    # activation or precision) the usual code too, and a warning that says why
     fused_ffn: bool = False
 
     def validate(self, key: str) -> None:
