@@ -37,7 +37,10 @@ import torch
 import triton
 import triton.language as tl
 
-ROWS_PER_TILE = 32  # rows a program of the forward and input-gradient kernels holds
+# Rows a program holds. In the weight gradients it is the depth of each partial sum over rows,
+# so it fixes their summation order: a constant, never a choice timed per process (README
+# "Reproducibility"). The forward's and input gradient's results do not depend on it.
+ROWS_PER_TILE = 32
 HIDDEN_PER_CHUNK = 64  # hidden units held at a time
 # Triton's CPU interpreter (TRITON_INTERPRET=1, the tests) gets bfloat16 wrong twice (triton
 # 3.9): its products multiply the raw integers bfloat16 values are stored as, and its casts
