@@ -101,16 +101,23 @@ def _pre_activation(
 
 
 @triton.jit
+def _rows(e, first, R, D: tl.constexpr, BR: tl.constexpr):
+    """Offsets [BR, D] of rows first..first+BR of member e in an [E, R, D] tensor, and the mask
+    of those below R."""
+    r = first + tl.arange(0, BR)
+    at = e * R * D + r[:, None] * D + tl.arange(0, D)[None, :]
+    return at, (r < R)[:, None]
+
+
+@triton.jit
 def _ffn_forward(
     x_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, out_ptr,
     R, D: tl.constexpr, F: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
     EMULATE: tl.constexpr,
 ):  # fmt: skip
     e, tile = tl.program_id(0), tl.program_id(1)
-    r = tile * BR + tl.arange(0, BR)
     d = tl.arange(0, D)
-    rows = (r < R)[:, None]
-    at = e * R * D + r[:, None] * D + d[None, :]
+    at, rows = _rows(e, tile * BR, R, D, BR)
     x = tl.load(x_ptr + at, mask=rows, other=0.0)
     acc = tl.zeros((BR, D), dtype=tl.float32)
     for c in range(0, F, BF):
@@ -130,10 +137,8 @@ def _ffn_input_grad(
     EMULATE: tl.constexpr,
 ):  # fmt: skip
     e, tile = tl.program_id(0), tl.program_id(1)
-    r = tile * BR + tl.arange(0, BR)
     d = tl.arange(0, D)
-    rows = (r < R)[:, None]
-    at = e * R * D + r[:, None] * D + d[None, :]
+    at, rows = _rows(e, tile * BR, R, D, BR)
     x = tl.load(x_ptr + at, mask=rows, other=0.0)
     g = _bf16(tl.load(g_ptr + at, mask=rows, other=0.0), EMULATE)
     acc = tl.zeros((BR, D), dtype=tl.float32)
@@ -165,9 +170,7 @@ def _ffn_weight_grads(
     dw2 = tl.zeros((BF, D), dtype=tl.float32)
     db1 = tl.zeros((BF,), dtype=tl.float32)
     for start in range(0, R, BR):
-        r = start + tl.arange(0, BR)
-        rows = (r < R)[:, None]
-        at = e * R * D + r[:, None] * D + d[None, :]
+        at, rows = _rows(e, start, R, D, BR)
         x = tl.load(x_ptr + at, mask=rows, other=0.0)
         g = _bf16(tl.load(g_ptr + at, mask=rows, other=0.0), EMULATE)
         pre = _pre_activation(x, w1_ptr, b1_ptr, e, c, D, F, BF, EMULATE)
