@@ -185,6 +185,17 @@ def _ffn_weight_grads(
     tl.store(db1_ptr + e * F + f, db1)
 
 
+def unsupported_sizes(d_model: int, d_ff: int) -> str | None:
+    """Why the kernels cannot take a block of these sizes (None: they can): a tile's width is
+    d_model whole, a power of two, and d_ff is taken in chunks of `HIDDEN_PER_CHUNK`."""
+    if d_model & (d_model - 1) or d_model < 16 or d_ff % HIDDEN_PER_CHUNK:
+        return (
+            f"d_model {d_model} must be a power of two >= 16 and d_ff {d_ff} a multiple of "
+            f"{HIDDEN_PER_CHUNK}"
+        )
+    return None
+
+
 def _check(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2) -> None:
     E, _, D = x.shape
     F = w1.shape[-1]
@@ -192,11 +203,9 @@ def _check(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor
     for name, t in {"w1": w1, "b1": b1, "w2": w2, "b2": b2}.items():
         if tuple(t.shape) != expected[name]:
             raise ValueError(f"fused FFN: {name} is {tuple(t.shape)}, expected {expected[name]}")
-    if D & (D - 1) or D < 16 or F % HIDDEN_PER_CHUNK:
-        raise ValueError(
-            f"fused FFN: d_model {D} must be a power of two >= 16 and d_ff {F} a multiple of "
-            f"{HIDDEN_PER_CHUNK}"
-        )
+    why = unsupported_sizes(D, F)
+    if why:
+        raise ValueError(f"fused FFN: {why}")
 
 
 def ffn_forward(x, w1, b1, w2, b2) -> torch.Tensor:
@@ -283,7 +292,7 @@ def _setup_context(ctx, inputs, output) -> None:
 
 
 def _backward(ctx, grad):
-    return fused_ffn_backward(*ctx.saved_tensors, grad.contiguous())
+    return fused_ffn_backward(*ctx.saved_tensors, grad)
 
 
 fused_ffn.register_autograd(_backward, setup_context=_setup_context)
@@ -294,6 +303,5 @@ def ffn_block(h: torch.Tensor, w1, b1, w2, b2) -> torch.Tensor:
     output) -> [E, ..., D] float32. Weights are the float32 parameters; their bfloat16 copies
     and the gradients' way back to float32 are autograd's, as in `EnsembleModel.mm`."""
     bf = torch.bfloat16
-    x = h.reshape(h.shape[0], -1, h.shape[-1]).to(bf).contiguous()
-    out = fused_ffn(x, w1.to(bf).contiguous(), b1.contiguous(), w2.to(bf).contiguous(), b2)
-    return out.reshape(h.shape)
+    x = h.reshape(h.shape[0], -1, h.shape[-1]).to(bf)
+    return fused_ffn(x, w1.to(bf), b1, w2.to(bf), b2).reshape(h.shape)

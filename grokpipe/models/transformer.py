@@ -115,14 +115,13 @@ class Transformer(EnsembleModel):
         return self._attend(q, k, v, mask, i)
 
     def fused_ffn_unavailable(self) -> str | None:
-        d, d_ff = self.cfg.d_model, self.cfg.d_ff
         if self.cfg.activation != "gelu":
             return f"its activation is {self.cfg.activation}, the kernels compute GELU"
         if self.matmul_dtype != torch.bfloat16:
             return "it does not multiply in bfloat16 (precision: bf16)"
-        if d & (d - 1) or d < 16 or d_ff % 64:
-            return f"d_model {d} is not a power of two >= 16 or d_ff {d_ff} not a multiple of 64"
-        return None
+        from grokpipe.kernels.fused_ffn import unsupported_sizes
+
+        return unsupported_sizes(self.cfg.d_model, self.cfg.d_ff)
 
     def _ffn(self, h: Tensor, i: int) -> Tensor:
         b1 = getattr(self, f"ff1b_{i}")
