@@ -8,7 +8,6 @@ Diagnostics for BENCHMARKS.md, not a test. Each argument is one measurement,
   k  inductor's combo kernels (as the engine compiles ensembles of 2+ runs; see EngineOptions)
   P  profile the compiled step (top kernels) instead of timing it
   g  deterministic gathers (`engine.deterministic`: no atomic adds in their backward)
-  f  the fused FFN kernels (`engine.fused_ffn`; bf16 only)
   r  after timing, train a second ensemble of the same runs and say whether its history
      (losses and accuracies at every evaluation) is bit-identical to the first one's
   p  padded, as the pipeline's ops and fraction sweep are: a sixth of the runs are S5 (120
@@ -21,8 +20,8 @@ Diagnostics for BENCHMARKS.md, not a test. Each argument is one measurement,
      k-th run instead (e.g. 4: a quarter of the ensemble, both tasks when padded), to ask
      whether kernels tuned at that size serve the whole ensemble as well
 Example: `python scripts/gpu_probe.py 64:tf32:c 64:tf32:cs 64:tf32:csd 64:bf16:csd 64:tf32:csdP`
-The pipeline's step against the fused FFN, at the sweep's largest ensemble:
-`python scripts/gpu_probe.py 189:bf16:csdkgp 189:bf16:csdkgpf 189:bf16:csdkgpfP`
+The pipeline's step at the sweep's largest ensemble, timed and profiled:
+`python scripts/gpu_probe.py 189:bf16:csdkgp 189:bf16:csdkgpP`
 `GP_INDUCTOR="max_autotune_gemm=1,triton.autotune_pointwise=0"` sets inductor config options
 for the whole probe. Every measurement traces its own step: a step saved by an earlier probe
 (`precompiled`) may have been compiled with other inductor options, which its key does not hold.
@@ -82,7 +81,6 @@ def options(flags, loaded=False):
         dynamic_sizes="d" in flags,
         combo_kernels="k" in flags,
         deterministic="g" in flags,
-        fused_ffn="f" in flags,
         precompiled=loaded,
     )
 

@@ -138,13 +138,3 @@ def test_deterministic_gathers_train_to_the_same_bits_twice():
     # the curves agree early, before the runs' chaotic dynamics amplify the summation order
     early = slice(0, 10)
     assert torch.allclose(first[early], plain[early], rtol=1e-2, atol=1e-2)
-
-
-def test_fused_ffn_step_matches_the_pipelines_and_repeats_bit_for_bit():
-    """`engine.fused_ffn` (experimental): the compiled, captured step with the fused Triton
-    FFN trains as the pipeline's step does (bf16: to rounding), and twice to the same bits."""
-    members = members_from_block(block([0, 1, 2], steps=50, precision="bf16"))
-    plain = losses(members, **PIPELINE)
-    fused = losses(members, **PIPELINE, fused_ffn=True)
-    assert np.max(np.abs(fused - plain) / plain) < 1e-2
-    assert np.array_equal(fused, losses(members, **PIPELINE, fused_ffn=True))

@@ -30,14 +30,6 @@ class EnsembleModel(nn.Module):
         self.matmul_dtype: torch.dtype | None = None
         # gathers whose gradients sum in a fixed order, without atomic adds (see `take`)
         self.deterministic_gathers = False
-        # feed-forward blocks as the fused Triton kernels (`grokpipe.kernels.fused_ffn`); set
-        # only where `fused_ffn_unavailable` has no objection
-        self.fused_ffn = False
-
-    def fused_ffn_unavailable(self) -> str | None:
-        """Why this model cannot run its feed-forward blocks as `grokpipe.kernels.fused_ffn`
-        (None: it can)."""
-        return f"{type(self).__name__} has no transformer feed-forward block"
 
     def mm(self, x: Tensor, w: Tensor) -> Tensor:
         """Per-member matrix product in `matmul_dtype`: mixed precision written out.

@@ -114,23 +114,10 @@ class Transformer(EnsembleModel):
             q, k, v = self.mm(h, w).split(d, dim=-1)
         return self._attend(q, k, v, mask, i)
 
-    def fused_ffn_unavailable(self) -> str | None:
-        if self.cfg.activation != "gelu":
-            return f"its activation is {self.cfg.activation}, the kernels compute GELU"
-        if self.matmul_dtype != torch.bfloat16:
-            return "it does not multiply in bfloat16 (precision: bf16)"
-        from grokpipe.kernels.fused_ffn import unsupported_sizes
-
-        return unsupported_sizes(self.cfg.d_model, self.cfg.d_ff)
-
     def _ffn(self, h: Tensor, i: int) -> Tensor:
+        act = ACTIVATIONS[self.cfg.activation]
         b1 = getattr(self, f"ff1b_{i}")
         b2 = getattr(self, f"ff2b_{i}")
-        if self.fused_ffn:
-            from grokpipe.kernels.fused_ffn import ffn_block
-
-            return ffn_block(h, getattr(self, f"ff1_{i}"), b1, getattr(self, f"ff2_{i}"), b2)
-        act = ACTIVATIONS[self.cfg.activation]
         shape1 = (b1.shape[0],) + (1,) * (h.dim() - 2) + (b1.shape[-1],)
         shape2 = (b2.shape[0],) + (1,) * (h.dim() - 2) + (b2.shape[-1],)
         z = act(self.mm(h, getattr(self, f"ff1_{i}")) + b1.reshape(shape1))

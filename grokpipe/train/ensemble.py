@@ -97,9 +97,6 @@ class EngineOptions:
     # (`EnsembleModel.take`), and, where the step compiles, inductor's reductions configured
     # by heuristic rather than by timing (`_configure_compiler`); README "Reproducibility"
     deterministic: bool = False
-    # the transformer's feed-forward blocks as fused Triton kernels, where the model allows
-    # (`grokpipe.kernels.fused_ffn`; experimental, CUDA)
-    fused_ffn: bool = False
 
 
 def options_for_ensemble(opts: EngineOptions, members: int) -> EngineOptions:
@@ -342,14 +339,6 @@ class EnsembleTrainer:
         # bf16: matrix products in bfloat16, the rest in float32 (`EnsembleModel.mm`)
         self.model.matmul_dtype = torch.bfloat16 if tc.precision == "bf16" else None
         self.model.deterministic_gathers = opts.deterministic
-        if opts.fused_ffn:
-            why = self.model.fused_ffn_unavailable()
-            if why:  # said, not silent: the option asked for something this job cannot do
-                warnings.warn(f"engine.fused_ffn: not used for {label}: {why}", stacklevel=2)
-            self.model.fused_ffn = why is None
-            if self.model.fused_ffn:
-                # registers its operators, which a step saved by another process refers to
-                import grokpipe.kernels.fused_ffn  # noqa: F401
         for i, m in enumerate(members):
             gen = torch.Generator().manual_seed(m.config.seed)
             self.model.init_member(i, gen, m.config.model.init_scale, m.data.info)
@@ -461,7 +450,6 @@ class EnsembleTrainer:
             "dynamic_sizes": self.opts.dynamic_sizes,
             "combo_kernels": self.combo_kernels_on,
             "deterministic": self.opts.deterministic,
-            "fused_ffn": self.model.fused_ffn,
             "padded_classes": self.class_mask is not None,
             "device": str(self.device),
         }

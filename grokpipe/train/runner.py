@@ -75,11 +75,6 @@ class EngineConfig:
     # in a varying order in an ensemble of one run (eighteenth session, torch 2.13 on 2
     # cores). "auto", which meant a GPU only until then, is kept as a synonym of true.
     deterministic: bool | str = True
-    # experimental: the transformer's feed-forward blocks (bf16, GELU) as fused Triton kernels
-    # that never write their hidden activations (`grokpipe.kernels.fused_ffn`). CUDA only:
-    # elsewhere the usual code, as with `cuda_graph`; for a model they do not fit (another
-    # activation or precision) the usual code too, and a warning that says why
-    fused_ffn: bool = False
 
     def validate(self, key: str) -> None:
         check(self.max_members >= 1, f"{key}.max_members", "must be positive")
@@ -100,8 +95,9 @@ class EngineConfig:
             check(self.cpu_threads == "auto", f"{key}.cpu_threads", "expected auto or a count")
         else:
             check(self.cpu_threads >= 1, f"{key}.cpu_threads", "must be positive")
-        for k in ("pad_task_sizes", "fused_ffn"):
-            check(isinstance(getattr(self, k), bool), f"{key}.{k}", "expected true or false")
+        check(
+            isinstance(self.pad_task_sizes, bool), f"{key}.pad_task_sizes", "expected true or false"
+        )
         for k in ("compile", "cuda_graph", "combo_kernels", "deterministic"):
             v = getattr(self, k)
             check(isinstance(v, bool) or v == "auto", f"{key}.{k}", "expected true, false or auto")
@@ -148,7 +144,6 @@ class EngineConfig:
             cuda_graph=pick(self.cuda_graph) and cuda,
             combo_kernels=pick(self.combo_kernels) and cuda,
             deterministic=self.deterministic in ("auto", True),
-            fused_ffn=self.fused_ffn and cuda,
             eval_chunk_rows=self.eval_chunk_rows,
             progress=self.progress,
             progress_position=position,
