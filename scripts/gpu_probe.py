@@ -23,13 +23,16 @@ Example: `python scripts/gpu_probe.py 64:tf32:c 64:tf32:cs 64:tf32:csd 64:bf16:c
 The pipeline's step at the sweep's largest ensemble, timed and profiled:
 `python scripts/gpu_probe.py 189:bf16:csdkgp 189:bf16:csdkgpP`
 `GP_INDUCTOR="max_autotune_gemm=1,triton.autotune_pointwise=0"` sets inductor config options
-for the whole probe. Every measurement traces its own step: a step saved by an earlier probe
-(`precompiled`) may have been compiled with other inductor options, which its key does not hold.
+for the whole probe, over the engine's own where both set one (`combo_kernels_pointwise_only`).
+Every measurement traces its own step: a step saved by an earlier probe (`precompiled`) may have
+been compiled with other inductor options, which its key does not hold.
 `GP_BLAS=cublaslt` makes every matrix product go through cuBLASLt (else torch's default).
+`GP_TUNELOG=1` counts the kernels inductor configures by timing them at their first launch.
 `GP_DETERMINISTIC=1` runs the whole probe under `torch.use_deterministic_algorithms(True)`
 (inductor then avoids atomic adds). A table of every timed measurement is printed last.
 """
 
+import logging
 import os
 import sys
 import time
@@ -51,13 +54,47 @@ T0 = time.perf_counter()
 DEVICE = os.environ.get("GP_DEVICE", "cuda")  # "cpu" to smoke-test the probe itself
 CUDA = DEVICE.startswith("cuda")
 ROWS = []
-for item in filter(None, os.environ.get("GP_INDUCTOR", "").split(",")):
-    key, value = item.split("=")  # dotted keys reach nested options: triton.autotune_pointwise
-    *parents, leaf = key.split(".")
-    section = inductor_config
-    for part in parents:
-        section = getattr(section, part)
-    setattr(section, leaf, type(getattr(section, leaf))(int(value)))
+
+
+def override_inductor() -> None:
+    for item in filter(None, os.environ.get("GP_INDUCTOR", "").split(",")):
+        key, value = item.split("=")  # dotted keys reach nested options: triton.autotune_pointwise
+        *parents, leaf = key.split(".")
+        section = inductor_config
+        for part in parents:
+            section = getattr(section, part)
+        setattr(section, leaf, type(getattr(section, leaf))(int(value)))
+
+
+override_inductor()
+# the engine sets some options itself as it configures a step (combo kernels, the
+# deterministic mode's companions): GP_INDUCTOR's values are set again after it, and win
+_engine_configure = EnsembleTrainer._configure_compiler
+
+
+def _configure_then_override(self) -> None:
+    _engine_configure(self)
+    override_inductor()
+
+
+EnsembleTrainer._configure_compiler = _configure_then_override
+
+
+class TunedKernels(logging.Handler):
+    """Counts the kernels inductor configures by timing candidates at their first launch
+    (`GP_TUNELOG=1`): each one a summation order that can differ from process to process."""
+
+    count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "Benchmark all input configs for" in record.getMessage():
+            TunedKernels.count += 1
+
+
+if os.environ.get("GP_TUNELOG"):
+    _tune_log = logging.getLogger("torch._inductor.runtime.triton_heuristics")
+    _tune_log.setLevel(logging.DEBUG)
+    _tune_log.addHandler(TunedKernels())
 
 
 def log(*a):
@@ -216,3 +253,5 @@ if __name__ == "__main__":
     print("| ---: | --- | --- | ---: | ---: | ---: | ---: |")
     for E, prec, flags, comp, sps, msps, peak in ROWS:
         print(f"| {E} | {prec} | {flags} | {comp:.1f} | {sps:.0f} | {msps:.0f} | {peak:.2f} |")
+    if os.environ.get("GP_TUNELOG"):
+        print(f"kernels configured by timing at their first launch: {TunedKernels.count}")
