@@ -84,11 +84,12 @@ class TunedKernels(logging.Handler):
     """Counts the kernels inductor configures by timing candidates at their first launch
     (`GP_TUNELOG=1`): each one a summation order that can differ from process to process."""
 
-    count = 0
+    names: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if "Benchmark all input configs for" in record.getMessage():
-            TunedKernels.count += 1
+        message = record.getMessage()
+        if "Benchmark all input configs for" in message:
+            TunedKernels.names.append(message.split(" for ", 1)[1].split(",", 1)[0])
 
 
 if os.environ.get("GP_TUNELOG"):
@@ -254,4 +255,7 @@ if __name__ == "__main__":
     for E, prec, flags, comp, sps, msps, peak in ROWS:
         print(f"| {E} | {prec} | {flags} | {comp:.1f} | {sps:.0f} | {msps:.0f} | {peak:.2f} |")
     if os.environ.get("GP_TUNELOG"):
-        print(f"kernels configured by timing at their first launch: {TunedKernels.count}")
+        names = TunedKernels.names
+        print(f"kernels configured by timing at their first launch: {len(names)}")
+        for name in names:  # "per" (persistent) and "red" (looped) reductions order sums
+            print(f"  {name}")
