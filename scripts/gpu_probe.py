@@ -27,7 +27,7 @@ for the whole probe, over the engine's own where both set one (`combo_kernels_po
 Every measurement traces its own step: a step saved by an earlier probe (`precompiled`) may have
 been compiled with other inductor options, which its key does not hold.
 `GP_BLAS=cublaslt` makes every matrix product go through cuBLASLt (else torch's default).
-`GP_TUNELOG=1` counts the kernels inductor configures by timing them at their first launch.
+`GP_TUNELOG=1` counts and names the kernels inductor configures by timing at first launch.
 `GP_DETERMINISTIC=1` runs the whole probe under `torch.use_deterministic_algorithms(True)`
 (inductor then avoids atomic adds). A table of every timed measurement is printed last.
 """
@@ -81,8 +81,9 @@ EnsembleTrainer._configure_compiler = _configure_then_override
 
 
 class TunedKernels(logging.Handler):
-    """Counts the kernels inductor configures by timing candidates at their first launch
-    (`GP_TUNELOG=1`): each one a summation order that can differ from process to process."""
+    """Names the kernels inductor configures by timing candidates at their first launch
+    (`GP_TUNELOG=1`). A reduction among them ("per", "red") may sum in another order in
+    another process; a pointwise one ("poi") does not change a result."""
 
     names: list[str] = []
 
