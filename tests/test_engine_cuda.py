@@ -91,6 +91,33 @@ def test_jobs_side_by_side_on_one_gpu_train_as_in_turn(tmp_path):
         np.testing.assert_allclose(b["val_acc"], a["val_acc"], atol=1e-3)
 
 
+def test_worker_processes_train_as_the_stage_process(tmp_path):
+    """The several-GPU path (one spawned worker process per device, jobs dealt through a
+    queue, results gathered from the checkpoint folder) trains the runs as the single-device
+    path does inside the stage's own process. Two workers share this GPU (`devices: [0, 0]`):
+    the lent machines have one GPU, and without this the multi-worker path would only run
+    where two are lent."""
+    from grokpipe.train.runner import EngineConfig, train_members
+
+    spec = block([0, 1])
+    spec["grid"] = {"data.p": [31, 37], "seed": [0, 1]}
+    members = members_from_block(spec)
+    runs = {}
+    for devices in ([0], [0, 0]):
+        engine = EngineConfig(
+            devices=devices, progress=False, jobs_per_device=1, pad_task_sizes=False
+        )
+        runs[len(devices)], timings = train_members(
+            members, engine, tmp_path / str(len(devices)), "t"
+        )
+        assert len(timings) == 2
+    assert set(runs[2]) == {m.run_id for m in members}
+    for m in members:
+        a, b = runs[1][m.run_id].metrics, runs[2][m.run_id].metrics
+        np.testing.assert_allclose(b["train_loss"], a["train_loss"], rtol=1e-5)
+        np.testing.assert_allclose(b["val_acc"], a["val_acc"], atol=1e-6)
+
+
 def parity_block(seeds, steps=150):
     return {**tiny_block(steps), "eval": {"every": 10, "log_points": 0}, "grid": {"seed": seeds}}
 
