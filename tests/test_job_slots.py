@@ -91,9 +91,12 @@ def test_combo_kernels_are_for_compiled_cuda_steps_of_two_runs_or_more():
 
 
 def test_deterministic_engine_fixes_inductors_reduction_configurations():
-    """With `engine.deterministic`, the step compiles under inductor's deterministic mode, whose
-    reduction kernels take their configuration by heuristic rather than by timing candidates
-    in each process (which sum in different orders); without it, inductor times them."""
+    """With `engine.deterministic`, inductor's deterministic mode is set before the step is
+    traced (reduction kernels configured by heuristic rather than by timing candidates, which
+    sum in different orders), and reductions stay out of combo kernels. Dynamo writes the mode
+    back to off once it has traced a frame, so a saved step compiles without it
+    (`scripts/inductor_mode_probe.py`, README "Reproducibility"); this checks what the engine
+    sets, not what reaches the kernels."""
     import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
     import torch.fx.experimental._config as fx_config

@@ -94,8 +94,10 @@ class EngineOptions:
     # failure (eighth session, p 31, d 64, its sizes of 1 specialised)
     combo_kernels: bool = False
     # fixed summation orders: gathers whose backward is a one-hot product, not atomic adds
-    # (`EnsembleModel.take`), and, where the step compiles, inductor's reductions configured
-    # by heuristic rather than by timing (`_configure_compiler`); README "Reproducibility"
+    # (`EnsembleModel.take`), and, where the step compiles, no kernel configured by timing in
+    # a process that loads a saved step (`_configure_compiler`). Reduction kernels are still
+    # configured by timing once, where the step is compiled, and the choice is kept in the
+    # compile cache: a fresh compile may sum in other orders (README "Reproducibility")
     deterministic: bool = False
 
 
@@ -712,10 +714,18 @@ class EnsembleTrainer:
         # the kernel, and those choices sum in different orders: in the eighteenth session
         # three trainings of the same 81 sweep runs on one H100 gave three different
         # histories (differing from the first evaluation on, by an ulp, then diverging
-        # chaotically). The mode picks reduction configurations by heuristic instead. It is
-        # not enough on its own: compiled trainings still parted from process to process
-        # while eager ones repeated bit for bit (nineteenth session), through two holes in
-        # it, found and closed in the twentieth (README "Reproducibility"):
+        # chaotically). The mode picks reduction configurations by heuristic instead, but
+        # it does not reach the saved steps (twenty-second session,
+        # `scripts/inductor_mode_probe.py`): once dynamo has traced a frame it restores
+        # `torch.use_deterministic_algorithms`, which writes the mode back to off, and a saved
+        # step's graph compiles after its trace. Its reductions are configured by timing at
+        # the precompile stage's first run and the choice is cached (data/compile_cache), so
+        # the processes that load the step time nothing and repeat bit for bit; a fresh compile
+        # may choose other configurations. Passing the mode as a compile option would make it
+        # hold, at a cost the eighteenth session's probe put at 13-21 % of the steps/s (not yet
+        # measured in the pipeline). The processes that load a saved step would still time
+        # kernels at their first launch through two holes, found and closed in the twentieth
+        # session (README "Reproducibility"):
         deterministic = self.opts.deterministic
         inductor_config.deterministic = deterministic
         # - before torch 2.13 it leaves "dynamic RBLOCK scaling" on: at a reduction kernel's
@@ -723,7 +733,8 @@ class EnsembleTrainer:
         #   occupancy) and times the two. Five looped LayerNorm/softmax kernels of the fraction
         #   sweep's step then summed 128 columns in one block in some processes and in two
         #   blocks of 64 in others. torch 2.13 gates the scaling on the mode itself and has no
-        #   such setting;
+        #   such setting, so there this hole stays open while the mode does not reach the
+        #   saved steps (not run on a GPU: the GPU image has torch 2.11);
         # - a combo kernel that holds a persistent reduction beside pointwise parts is tuned as
         #   a pointwise kernel, by timing its warps, which order the reduction.
         if hasattr(inductor_config, "dynamic_scale_rblock"):
