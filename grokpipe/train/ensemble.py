@@ -723,9 +723,10 @@ class EnsembleTrainer:
         # the processes that load the step time nothing and repeat bit for bit; a fresh compile
         # may choose other configurations. Passing the mode as a compile option would make it
         # hold, at a cost the eighteenth session's probe put at 13-21 % of the steps/s (not yet
-        # measured in the pipeline). The processes that load a saved step would still time
-        # kernels at their first launch through two holes, found and closed in the twentieth
-        # session (README "Reproducibility"):
+        # measured in the pipeline; the probe's later compiles may have lost the mode too).
+        # The processes that load a saved step would still time kernels at their first launch
+        # through two holes, found and closed in the twentieth session (README
+        # "Reproducibility"):
         deterministic = self.opts.deterministic
         inductor_config.deterministic = deterministic
         # - before torch 2.13 it leaves "dynamic RBLOCK scaling" on: at a reduction kernel's
