@@ -90,7 +90,7 @@ def test_combo_kernels_are_for_compiled_cuda_steps_of_two_runs_or_more():
     assert two.saved_step_keys() != one.saved_step_keys()
 
 
-def test_deterministic_engine_fixes_inductors_reduction_configurations():
+def test_deterministic_engine_sets_inductors_mode_and_keeps_reductions_out_of_combos():
     """With `engine.deterministic`, inductor's deterministic mode is set before the step is
     traced (reduction kernels configured by heuristic rather than by timing candidates, which
     sum in different orders), and reductions stay out of combo kernels. Dynamo writes the mode
