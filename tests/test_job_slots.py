@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import types
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -121,6 +122,52 @@ def test_deterministic_engine_sets_inductors_mode_and_keeps_reductions_out_of_co
             assert inductor_config.combo_kernels_pointwise_only is flag
 
 
+def test_strict_determinism_holds_inductors_mode_for_every_compiled_graph(tmp_path, monkeypatch):
+    """Dynamo writes inductor's deterministic mode back to off once it has traced a frame, so
+    the saved steps, compiled after their trace, never had it (twenty-second session, README
+    "Reproducibility"). `engine.deterministic: strict` passes the mode to torch.compile, and
+    every graph of the step and of the evaluation compiles under it on the saved-step path
+    the pipeline takes. (With plain `true` they compile with the mode off, as
+    `scripts/inductor_mode_probe.py` shows; not repeated here, at ~70 s of CI.) Real inductor
+    on the CPU, a tiny parity MLP."""
+    import torch._dynamo.config as dynamo_config
+    import torch._inductor.config as inductor_config
+    import torch._inductor.graph as inductor_graph
+    import torch.fx.experimental._config as fx_config
+    from test_parity import tiny_block
+
+    from grokpipe.train import precompiled
+
+    seen: list[bool] = []
+    compile_to_module = inductor_graph.GraphLowering.compile_to_module
+
+    def recording(self, *args, **kwargs):
+        seen.append(inductor_config.deterministic)
+        return compile_to_module(self, *args, **kwargs)
+
+    monkeypatch.setattr(inductor_graph.GraphLowering, "compile_to_module", recording)
+    members = members_from_block({**tiny_block(steps=20), "grid": {"seed": [0, 1]}})
+    with contextlib.ExitStack() as restore:
+        for module, names in (
+            (inductor_config, ("deterministic", "combo_kernels", "combo_kernels_pointwise_only")),
+            (dynamo_config, ("trace_autograd_ops", "force_parameter_static_shapes")),
+            (fx_config, ("use_duck_shape",)),
+        ):
+            restore.enter_context(module.patch({n: getattr(module, n) for n in names}))
+        # a fresh inductor cache: a cached graph would not compile, and show nothing
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+        precompiled.clear_memory()
+        engine = EngineConfig(devices="cpu", compile=True, deterministic="strict")
+        opts = replace(engine.options("cpu"), progress=False)
+        assert opts.deterministic and opts.inductor_deterministic
+        trainer = EnsembleTrainer(members, opts)
+        trainer.prepare()
+        assert set(trainer.timing.compiled_from.values()) == {"traced"}
+        assert trainer.run() == "done"
+    precompiled.clear_memory()
+    assert seen and all(seen), seen
+
+
 def test_deterministic_engine_stops_older_inductors_rblock_scaling(monkeypatch):
     """Before torch 2.13, inductor's deterministic mode left "dynamic RBLOCK scaling" on: a
     reduction kernel timed itself against a copy with half its reduction block at first launch,
@@ -159,6 +206,14 @@ def test_deterministic_gathers_are_an_engine_setting_with_their_own_saved_step()
     fixed = EnsembleTrainer(members, EngineOptions(progress=False, deterministic=True))
     assert fixed.model.deterministic_gathers and not plain.model.deterministic_gathers
     assert fixed.saved_step_keys() != plain.saved_step_keys()
+    # "strict" holds inductor's mode too, which compiles other kernels: a saved step of its own
+    strict = EngineConfig(deterministic="strict").options("cuda:0")
+    assert strict.deterministic and strict.inductor_deterministic
+    assert not EngineConfig().options("cuda:0").inductor_deterministic
+    held = EnsembleTrainer(members, replace(strict, device="cpu", progress=False))
+    assert held.saved_step_keys() != fixed.saved_step_keys()
+    assert held._compile_options() == {"deterministic": True}
+    assert fixed._compile_options() == {}
 
 
 def test_first_jobs_go_one_to_each_device_before_any_doubles_up(monkeypatch):

@@ -99,6 +99,11 @@ class EngineOptions:
     # configured by timing once, where the step is compiled, and the choice is kept in the
     # compile cache: a fresh compile may sum in other orders (README "Reproducibility")
     deterministic: bool = False
+    # inductor's deterministic mode passed to torch.compile itself, so that it holds for
+    # every graph (a process-wide setting does not: see `_configure_compiler`): reduction
+    # configurations by heuristic, never timed, and a fresh compile repeats the last one's
+    # bits. Opt-in (`engine.deterministic: strict`) until its cost is measured on a GPU
+    inductor_deterministic: bool = False
 
 
 def options_for_ensemble(opts: EngineOptions, members: int) -> EngineOptions:
@@ -452,6 +457,7 @@ class EnsembleTrainer:
             "dynamic_sizes": self.opts.dynamic_sizes,
             "combo_kernels": self.combo_kernels_on,
             "deterministic": self.opts.deterministic,
+            "inductor_deterministic": self.opts.inductor_deterministic,
             "padded_classes": self.class_mask is not None,
             "device": str(self.device),
         }
@@ -654,7 +660,9 @@ class EnsembleTrainer:
         method, args = self._compiled_methods()[name]
         key = self.saved_step_keys()[name]
         backend = self.opts.compile_backend
-        fn, source = precompiled.compiled_method(method, args, key, backend, self._mark_dynamic)
+        fn, source = precompiled.compiled_method(
+            method, args, key, backend, self._mark_dynamic, self._compile_options()
+        )
         self.timing.compiled_from[name] = source
         return fn
 
@@ -697,10 +705,22 @@ class EnsembleTrainer:
         self._mark_dynamic()
         backend = self.opts.compile_backend
         # fullgraph: a graph break would run eagerly and host-synchronise, silently
-        train_fn = torch.compile(self._train_step, backend=backend, dynamic=False, fullgraph=True)
-        chunk_fn = torch.compile(self._eval_chunk, backend=backend, dynamic=False, fullgraph=True)
+        options = self._compile_options() or None
+        train_fn = torch.compile(
+            self._train_step, backend=backend, dynamic=False, fullgraph=True, options=options
+        )
+        chunk_fn = torch.compile(
+            self._eval_chunk, backend=backend, dynamic=False, fullgraph=True, options=options
+        )
         self.timing.compiled_from = dict.fromkeys(COMPILED_FUNCTIONS, "traced")
         return train_fn, chunk_fn
+
+    def _compile_options(self) -> dict:
+        """Inductor settings passed to torch.compile with the function, which hold for each of
+        its graphs whatever the process-wide settings are by then."""
+        if self.opts.inductor_deterministic and self.opts.compile_backend == "inductor":
+            return {"deterministic": True}
+        return {}
 
     def _configure_compiler(self) -> None:
         """The process-wide compiler settings this ensemble's functions are traced under."""
@@ -721,9 +741,10 @@ class EnsembleTrainer:
         # step's graph compiles after its trace. Its reductions are configured by timing at
         # the precompile stage's first run and the choice is cached (data/compile_cache), so
         # the processes that load the step time nothing and repeat bit for bit; a fresh compile
-        # may choose other configurations. Passing the mode as a compile option would make it
-        # hold, at a cost the eighteenth session's probe put at 13-21 % of the steps/s (not yet
-        # measured in the pipeline; the probe's later compiles may have lost the mode too).
+        # may choose other configurations. Passing the mode as a compile option makes it hold
+        # (`inductor_deterministic`, `_compile_options`), at a cost the eighteenth session's
+        # probe put at 13-21 % of the steps/s (not yet measured in the pipeline; the probe's
+        # later compiles may have lost the mode too).
         # The processes that load a saved step would still time kernels at their first launch
         # through two holes, found and closed in the twentieth session (README
         # "Reproducibility"):

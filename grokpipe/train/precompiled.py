@@ -164,9 +164,13 @@ def compiled_method(
     key: str,
     backend: str,
     mark_dynamic: Callable[[], None],
+    inductor_options: dict | None = None,
 ) -> tuple[Callable, str]:
     """`method` (bound to its ensemble) compiled: a saved function whose guards hold for this
     ensemble and `args`, or a fresh compile that is saved for the next process.
+
+    `inductor_options` are inductor settings compiled in with the function (the caller's
+    entry key must tell apart functions compiled under different ones).
 
     Returns (callable taking `args`, how it was obtained: "memory", "disk" or "traced")."""
     owner = method.__self__
@@ -189,7 +193,7 @@ def compiled_method(
         backend=backend,
         dynamic=False,
         fullgraph=True,  # a graph break would run eagerly and host-synchronise, silently
-        options={"guard_filter_fn": _keep_guards},
+        options={"guard_filter_fn": _keep_guards, **(inductor_options or {})},
     )
     fn = compiled.aot_compile((args, {}))
     folder = store_dir() / key

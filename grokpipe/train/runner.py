@@ -67,13 +67,15 @@ class EngineConfig:
     # runs or more: "auto" = on with compile on CUDA (see `EngineOptions.combo_kernels`)
     combo_kernels: bool | str = "auto"
     # fixed summation orders: gathers whose gradients are one-hot products, not atomic adds
-    # (`EnsembleModel.take`), and no reduction kernel whose configuration inductor picks by
-    # timing it in each process: its deterministic mode, with older inductors' RBLOCK
-    # scaling off and reductions kept out of combo kernels
-    # (`EnsembleTrainer._configure_compiler`). See README "Reproducibility" for what this
-    # makes bit-identical, and where. On every device: a CPU's indexed gathers also add
-    # in a varying order in an ensemble of one run (eighteenth session, torch 2.13 on 2
-    # cores). "auto", which meant a GPU only until then, is kept as a synonym of true.
+    # (`EnsembleModel.take`), and no kernel configured by timing in a process that loads a
+    # saved step (older inductors' RBLOCK scaling off, reductions kept out of combo
+    # kernels; `EnsembleTrainer._configure_compiler`): reruns on the same compile cache
+    # repeat bit for bit. "strict" adds inductor's deterministic mode, held for every graph
+    # (`EngineOptions.inductor_deterministic`), so that a fresh compile repeats too; its
+    # cost on a GPU is not measured yet. See README "Reproducibility". On every device: a
+    # CPU's indexed gathers also add in a varying order in an ensemble of one run
+    # (eighteenth session, torch 2.13 on 2 cores). "auto", which meant a GPU only until
+    # then, is kept as a synonym of true.
     deterministic: bool | str = True
 
     def validate(self, key: str) -> None:
@@ -98,9 +100,14 @@ class EngineConfig:
         check(
             isinstance(self.pad_task_sizes, bool), f"{key}.pad_task_sizes", "expected true or false"
         )
-        for k in ("compile", "cuda_graph", "combo_kernels", "deterministic"):
+        for k in ("compile", "cuda_graph", "combo_kernels"):
             v = getattr(self, k)
             check(isinstance(v, bool) or v == "auto", f"{key}.{k}", "expected true, false or auto")
+        check(
+            isinstance(self.deterministic, bool) or self.deterministic in ("auto", "strict"),
+            f"{key}.deterministic",
+            "expected true, false, auto or strict",
+        )
 
     def device_names(self) -> list[str]:
         if self.devices == "cpu" or not torch.cuda.is_available():
@@ -143,7 +150,8 @@ class EngineConfig:
             compile=pick(self.compile),
             cuda_graph=pick(self.cuda_graph) and cuda,
             combo_kernels=pick(self.combo_kernels) and cuda,
-            deterministic=self.deterministic in ("auto", True),
+            deterministic=self.deterministic in ("auto", True, "strict"),
+            inductor_deterministic=self.deterministic == "strict",
             eval_chunk_rows=self.eval_chunk_rows,
             progress=self.progress,
             progress_position=position,
