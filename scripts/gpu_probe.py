@@ -8,6 +8,8 @@ Diagnostics for BENCHMARKS.md, not a test. Each argument is one measurement,
   k  inductor's combo kernels (as the engine compiles ensembles of 2+ runs; see EngineOptions)
   P  profile the compiled step (top kernels) instead of timing it
   g  deterministic gathers (`engine.deterministic`: no atomic adds in their backward)
+  S  inductor's deterministic mode held for every graph (`engine.deterministic: strict`;
+     without it the process-wide mode reaches only the first graph a process compiles)
   r  after timing, train a second ensemble of the same runs and say whether its history
      (losses and accuracies at every evaluation) is bit-identical to the first one's
   p  padded, as the pipeline's ops and fraction sweep are: a sixth of the runs are S5 (120
@@ -120,6 +122,7 @@ def options(flags, loaded=False):
         dynamic_sizes="d" in flags,
         combo_kernels="k" in flags,
         deterministic="g" in flags,
+        inductor_deterministic="S" in flags,
         precompiled=loaded,
     )
 
