@@ -91,20 +91,14 @@ def test_combo_kernels_are_for_compiled_cuda_steps_of_two_runs_or_more():
     assert two.saved_step_keys() != one.saved_step_keys()
 
 
-def test_deterministic_engine_sets_inductors_mode_and_keeps_reductions_out_of_combos():
-    """With `engine.deterministic`, inductor's deterministic mode is set before the step is
-    traced (reduction kernels configured by heuristic rather than by timing candidates, which
-    sum in different orders), and reductions stay out of combo kernels. Dynamo writes the mode
-    back to off once it has traced a frame, so a saved step compiles without it
-    (`scripts/inductor_mode_probe.py`, README "Reproducibility"); this checks what the engine
-    sets, not what reaches the kernels."""
+@contextlib.contextmanager
+def compiler_settings_restored():
+    """Every process-wide setting `_configure_compiler` writes, restored on exit (the config
+    modules' own `patch`: pytest's monkeypatch deletes their options on undo)."""
     import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
     import torch.fx.experimental._config as fx_config
 
-    members = members_from_block(block({"seed": [0, 1]}, steps=10))
-    # every process-wide setting `_configure_compiler` writes is restored after the test (the
-    # config modules' own `patch`: pytest's monkeypatch deletes their options on undo)
     with contextlib.ExitStack() as restore:
         for module, names in (
             (inductor_config, ("deterministic", "combo_kernels", "combo_kernels_pointwise_only")),
@@ -112,6 +106,20 @@ def test_deterministic_engine_sets_inductors_mode_and_keeps_reductions_out_of_co
             (fx_config, ("use_duck_shape",)),
         ):
             restore.enter_context(module.patch({n: getattr(module, n) for n in names}))
+        yield
+
+
+def test_deterministic_engine_sets_inductors_mode_and_keeps_reductions_out_of_combos():
+    """With `engine.deterministic`, inductor's deterministic mode is set before the step is
+    traced (reduction kernels configured by heuristic rather than by timing candidates, which
+    sum in different orders), and reductions stay out of combo kernels. Dynamo writes the mode
+    back to off once it has traced a frame, so a saved step compiles without it
+    (`scripts/inductor_mode_probe.py`, README "Reproducibility"); this checks what the engine
+    sets, not what reaches the kernels."""
+    import torch._inductor.config as inductor_config
+
+    members = members_from_block(block({"seed": [0, 1]}, steps=10))
+    with compiler_settings_restored():
         for flag in (True, False):
             trainer = EnsembleTrainer(members, EngineOptions(progress=False, deterministic=flag))
             trainer._configure_compiler()
@@ -130,10 +138,8 @@ def test_strict_determinism_holds_inductors_mode_for_every_compiled_graph(tmp_pa
     the pipeline takes. (With plain `true` they compile with the mode off, as
     `scripts/inductor_mode_probe.py` shows; not repeated here, at ~70 s of CI.) Real inductor
     on the CPU, a tiny parity MLP."""
-    import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
     import torch._inductor.graph as inductor_graph
-    import torch.fx.experimental._config as fx_config
     from test_parity import tiny_block
 
     from grokpipe.train import precompiled
@@ -147,13 +153,7 @@ def test_strict_determinism_holds_inductors_mode_for_every_compiled_graph(tmp_pa
 
     monkeypatch.setattr(inductor_graph.GraphLowering, "compile_to_module", recording)
     members = members_from_block({**tiny_block(steps=20), "grid": {"seed": [0, 1]}})
-    with contextlib.ExitStack() as restore:
-        for module, names in (
-            (inductor_config, ("deterministic", "combo_kernels", "combo_kernels_pointwise_only")),
-            (dynamo_config, ("trace_autograd_ops", "force_parameter_static_shapes")),
-            (fx_config, ("use_duck_shape",)),
-        ):
-            restore.enter_context(module.patch({n: getattr(module, n) for n in names}))
+    with compiler_settings_restored():
         # a fresh inductor cache: a cached graph would not compile, and show nothing
         monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
         precompiled.clear_memory()
