@@ -11,10 +11,13 @@
 #                                            experiment's per-job training timings
 #   scripts/gpu_pipeline.sh times [LOG]      each stage's wall seconds, read from the timed log
 #                                            (also on a collected copy, on any machine)
-#   scripts/gpu_pipeline.sh rerun EXP        train experiment EXP again from scratch (no
+#   scripts/gpu_pipeline.sh rerun EXP..      train each experiment EXP again from scratch (no
 #                                            checkpoints) and analyse it, then say which of its
 #                                            run files and metrics are byte-identical to the
 #                                            first training's: GPU reproducibility, end to end
+#
+# GP_FRESH_COMPILE=1 with `rerun` first empties data/compile_cache/ and runs the precompile
+# stage again, so the retraining loads steps compiled anew, as a new clone or machine would.
 #
 # GP_ONLY=1 with `start STAGE..` reproduces only the named stages (and what they need).
 # GP_SET="key=value ..." sets params.yaml keys (dotted paths, YAML values) in the copy before
@@ -95,27 +98,39 @@ collect)
   tar czf "$out/timings.tgz" data/runs/*/timing.json 2>/dev/null
   ;;
 rerun)
-  exp=${2:?rerun needs an experiment}
+  shift
+  [ $# -gt 0 ] || { echo "rerun needs an experiment" >&2; exit 2; }
   cd "$W" || exit 1
-  first=/tmp/first_$exp
-  rm -rf "$first" && mkdir -p "$first" && cp -r "data/runs/$exp" "reports/metrics/$exp.json" "$first"/
-  rm -rf "data/checkpoints/$exp"
-  t0=$(date +%s)
-  { dvc repro -f -s "train@$exp" && dvc repro -f -s "analyze@$exp"; } > "rerun_$exp.log" 2>&1
-  echo "rerun of $exp: rc $? in $(( $(date +%s) - t0 )) s"
-  for f in "$first/$exp"/*; do
-    name=${f#"$first"/}
-    [ "$name" = "$exp/timing.json" ] && continue  # wall times differ by nature
-    if cmp -s "$f" "data/runs/$name"; then echo "identical: $name"; else echo "DIFFERS:   $name"; fi
+  for exp in "$@"; do
+    first=/tmp/first_$exp
+    rm -rf "$first" && mkdir -p "$first" && cp -r "data/runs/$exp" "reports/metrics/$exp.json" "$first"/
   done
-  # the metrics, but for their wall times
-  python3 - "$first/$exp.json" "reports/metrics/$exp.json" <<'PY'
+  if [ -n "${GP_FRESH_COMPILE:-}" ]; then
+    rm -rf data/compile_cache
+    t0=$(date +%s)
+    dvc repro -f -s precompile > rerun_precompile.log 2>&1
+    echo "precompile from an empty cache: rc $? in $(( $(date +%s) - t0 )) s"
+  fi
+  for exp in "$@"; do
+    first=/tmp/first_$exp
+    rm -rf "data/checkpoints/$exp"
+    t0=$(date +%s)
+    { dvc repro -f -s "train@$exp" && dvc repro -f -s "analyze@$exp"; } > "rerun_$exp.log" 2>&1
+    echo "rerun of $exp: rc $? in $(( $(date +%s) - t0 )) s"
+    for f in "$first/$exp"/*; do
+      name=${f#"$first"/}
+      [ "$name" = "$exp/timing.json" ] && continue  # wall times differ by nature
+      if cmp -s "$f" "data/runs/$name"; then echo "identical: $name"; else echo "DIFFERS:   $name"; fi
+    done
+    # the metrics, but for their wall times
+    python3 - "$first/$exp.json" "reports/metrics/$exp.json" <<'PY'
 import json, sys
 a, b = (json.load(open(f)) for f in sys.argv[1:])
 for m in (a, b):
     m.pop("timing", None)
 print("identical:" if a == b else "DIFFERS:  ", sys.argv[2].rsplit("/", 1)[1], "(but its timing)")
 PY
+  done
   ;;
 times)
   # a stage runs from its "Running stage" line to the next one, the last to the EXIT line
@@ -124,7 +139,7 @@ times)
     tr -d "':"
   ;;
 *)
-  echo "usage: $0 start [STAGE..] | wait SECONDS | collect DIR | times [LOG] | rerun EXP" >&2
+  echo "usage: $0 start [STAGE..] | wait SECONDS | collect DIR | times [LOG] | rerun EXP.." >&2
   exit 2
   ;;
 esac

@@ -102,7 +102,9 @@ class EngineOptions:
     # inductor's deterministic mode passed to torch.compile itself, so that it holds for
     # every graph (a process-wide setting does not: see `_configure_compiler`): reduction
     # configurations by heuristic, never timed, and a fresh compile repeats the last one's
-    # bits. Opt-in (`engine.deterministic: strict`) until its cost is measured on a GPU
+    # bits (two fresh compiles and two H100s agreed, twenty-third session). Opt-in
+    # (`engine.deterministic: strict`): the transformer's pipeline training took 25-50 %
+    # longer under it on an H100
     inductor_deterministic: bool = False
 
 
@@ -742,9 +744,8 @@ class EnsembleTrainer:
         # the precompile stage's first run and the choice is cached (data/compile_cache), so
         # the processes that load the step time nothing and repeat bit for bit; a fresh compile
         # may choose other configurations. Passing the mode as a compile option makes it hold
-        # (`inductor_deterministic`, `_compile_options`), at a cost the eighteenth session's
-        # probe put at 13-21 % of the steps/s (not yet measured in the pipeline; the probe's
-        # later compiles may have lost the mode too).
+        # (`inductor_deterministic`, `_compile_options`): fresh compiles then repeat too, but
+        # the pipeline's transformer training took 25-50 % longer (twenty-third session).
         # The processes that load a saved step would still time kernels at their first launch
         # through two holes, found and closed in the twentieth session (README
         # "Reproducibility"):

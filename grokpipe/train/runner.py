@@ -71,11 +71,11 @@ class EngineConfig:
     # saved step (older inductors' RBLOCK scaling off, reductions kept out of combo
     # kernels; `EnsembleTrainer._configure_compiler`): reruns on the same compile cache
     # repeat bit for bit. "strict" adds inductor's deterministic mode, held for every graph
-    # (`EngineOptions.inductor_deterministic`), so that a fresh compile repeats too; its
-    # cost on a GPU is not measured yet. See README "Reproducibility". On every device: a
-    # CPU's indexed gathers also add in a varying order in an ensemble of one run
-    # (eighteenth session, torch 2.13 on 2 cores). "auto", which meant a GPU only until
-    # then, is kept as a synonym of true.
+    # (`EngineOptions.inductor_deterministic`), so that a fresh compile and another machine
+    # repeat too, at 25-50 % of the transformer's GPU training time (twenty-third session).
+    # See README "Reproducibility". On every device: a CPU's indexed gathers also add in a
+    # varying order in an ensemble of one run (eighteenth session, torch 2.13 on 2 cores).
+    # "auto", which meant a GPU only until then, is kept as a synonym of true.
     deterministic: bool | str = True
 
     def validate(self, key: str) -> None:
