@@ -21,6 +21,9 @@
 set -uo pipefail
 OUT=${OUT:-gpu_profile}
 mkdir -p "$OUT"
+# the variants' hand-over markers stay out of $OUT: a device call brings back at most 8 files,
+# and in the twenty-third session the markers of four variants crowded out three of the logs
+MARKS=$(mktemp -d)
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 # shellcheck source=scripts/gpu_site.sh
 source "$(dirname "$0")/gpu_site.sh"
@@ -40,11 +43,11 @@ probe() { # name, inductor options, the flag to drop, extra specs, the marker to
     specs="$specs $e:$p:$f:$n"
   done
   # shellcheck disable=SC2086
-  env "$env" GP_INDUCTOR="$opts" GP_WAIT_FOR="$after" GP_DONE="$OUT/$name.done" \
-    GP_COMPILED="$OUT/$name.compiled" GP_KERNELS="$OUT/kernels.txt" \
+  env "$env" GP_INDUCTOR="$opts" GP_WAIT_FOR="$after" GP_DONE="$MARKS/$name.done" \
+    GP_COMPILED="$MARKS/$name.compiled" GP_KERNELS="$OUT/kernels.txt" \
     TORCHINDUCTOR_CACHE_DIR="/tmp/inductor_$name" \
     timeout "$LIMIT" python3 scripts/gpu_probe.py $specs $extra > "$OUT/probe_$name.log" 2>&1
-  touch "$OUT/$name.done" "$OUT/$name.compiled"
+  touch "$MARKS/$name.done" "$MARKS/$name.compiled"
 }
 VARIANTS=${VARIANTS:-"base:-:_ nodet:-:g noprefix:-:s"}
 names=""
@@ -58,8 +61,8 @@ for v in $VARIANTS; do
   [ "$opts" = "-" ] && opts=""
   extra=""
   [ -n "$first" ] && [ "${PROFILE:-1}" = 1 ] && extra="189:bf16:csdkgP 6:bf16:cdkgP"
-  after=$OUT/$last.compiled
-  [ -n "$prev" ] && after=$OUT/$prev.done
+  after=$MARKS/$last.compiled
+  [ -n "$prev" ] && after=$MARKS/$prev.done
   probe "$name" "$opts" "$drop" "$extra" "$after" "$venv" &
   prev=$name first=""
 done
