@@ -27,13 +27,15 @@ from grokpipe.train.members import members_from_block
 from grokpipe.train.runner import EngineConfig, should_compact, train_members
 
 ROOT = Path(__file__).resolve().parents[1]
+# the smallest transformer the engine's tests train (other test modules import it)
+TINY_TRANSFORMER = {"family": "transformer", "n_layers": 1, "d_model": 32, "n_heads": 4, "d_ff": 64}
 
 
 def block(grid, steps=200, every=10, **train):
     return {
         "task": "arithmetic",
         "data": {"op": "x+y", "p": 13},
-        "model": {"family": "transformer", "n_layers": 1, "d_model": 32, "n_heads": 4, "d_ff": 64},
+        "model": dict(TINY_TRANSFORMER),
         "train": {"steps": steps, "batch_size": 32, **train},
         "eval": {"every": every, "log_points": 0},
         "grid": grid,

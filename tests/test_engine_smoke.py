@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_engine import TINY_TRANSFORMER
 
 from grokpipe.config.experiment import load_experiment
 from grokpipe.tasks import TASKS
@@ -19,13 +20,7 @@ PARAMS = {
         "smoke": {
             "task": "arithmetic",
             "data": {"op": "x+y", "p": 11, "split": "random", "train_fraction": 0.5},
-            "model": {
-                "family": "transformer",
-                "n_layers": 1,
-                "d_model": 32,
-                "n_heads": 4,
-                "d_ff": 64,
-            },
+            "model": dict(TINY_TRANSFORMER),
             "train": {
                 "steps": STEPS,
                 "batch_size": 64,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_engine import TINY_TRANSFORMER
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,13 +35,7 @@ TINY = {
         "arithmetic": {
             "seed": 0,
             "data": {"p": 11, "split": "random", "train_fraction": 0.5},
-            "model": {
-                "family": "transformer",
-                "n_layers": 1,
-                "d_model": 32,
-                "n_heads": 4,
-                "d_ff": 64,
-            },
+            "model": dict(TINY_TRANSFORMER),
             "train": {"steps": 120, "batch_size": 64, "lr": 0.003, "weight_decay": 1.0},
             "eval": {"every": 20, "log_points": 5},
         }

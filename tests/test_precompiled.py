@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pytest
 from fresh_process import train_in_new_process
+from test_engine import TINY_TRANSFORMER
 
 from grokpipe.train import precompiled
 from grokpipe.train.ensemble import EngineOptions, EnsembleTrainer
@@ -30,7 +31,7 @@ def block(grid, p=13, steps=30):
     return {
         "task": "arithmetic",
         "data": {"op": "x+y", "p": p},
-        "model": {"family": "transformer", "n_layers": 1, "d_model": 32, "n_heads": 4, "d_ff": 64},
+        "model": dict(TINY_TRANSFORMER),
         "train": {"steps": steps, "batch_size": 32},
         "eval": {"every": 10, "log_points": 0},
         "grid": grid,
