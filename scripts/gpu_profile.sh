@@ -24,6 +24,7 @@ mkdir -p "$OUT"
 # the variants' hand-over markers stay out of $OUT: a device call brings back at most 8 files,
 # and in the twenty-third session the markers of four variants crowded out three of the logs
 MARKS=$(mktemp -d)
+trap 'rm -rf "$MARKS"' EXIT
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 # shellcheck source=scripts/gpu_site.sh
 source "$(dirname "$0")/gpu_site.sh"
