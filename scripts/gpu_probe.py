@@ -9,7 +9,7 @@ Diagnostics for BENCHMARKS.md, not a test. Each argument is one measurement,
   P  profile the compiled step (top kernels) instead of timing it
   g  deterministic gathers (`engine.deterministic`: no atomic adds in their backward)
   S  inductor's deterministic mode held for every graph (`engine.deterministic: strict`;
-     without it the process-wide mode reaches only the first graph a process compiles)
+     without it no graph has the mode)
   r  after timing, train a second ensemble of the same runs and say whether its history
      (losses and accuracies at every evaluation) is bit-identical to the first one's
   p  padded, as the pipeline's ops and fraction sweep are: a sixth of the runs are S5 (120

@@ -1,13 +1,14 @@
 """Probe: which of a step's graph compiles see inductor's deterministic mode, on each path?
 
 The twenty-second session found that the pipeline's saved steps compile without inductor's
-deterministic mode, although the engine sets `torch._inductor.config.deterministic` before
-it compiles (BENCHMARKS.md): once dynamo has traced a frame it restores
-`torch.use_deterministic_algorithms` to its previous state, and that call writes inductor's
-setting too (False, as the engine leaves torch's deterministic algorithms off). A graph
-compiled after that point (the saved step, compiled after its trace; the second function a
-process compiles; a backward compiled at its first call) runs without the mode, and its
-reduction kernels are configured by timing at their first launch.
+deterministic mode, although the engine then set `torch._inductor.config.deterministic`
+before it compiled (BENCHMARKS.md; since the twenty-fourth session it no longer does): once
+dynamo has traced a frame it restores `torch.use_deterministic_algorithms` to its previous
+state, and that call writes inductor's setting too (False, as the engine leaves torch's
+deterministic algorithms off). A graph compiled after that point (the saved step, compiled
+after its trace; the second function a process compiles; a backward compiled at its first
+call) runs without the mode, and its reduction kernels are configured by timing at their
+first launch.
 
 This compiles a LayerNorm forward and a step that takes its gradient inside the graph (as the
 engine's step does), with the mode set beforehand, by each path, and prints the value of the

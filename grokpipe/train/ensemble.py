@@ -730,34 +730,33 @@ class EnsembleTrainer:
         allow_compiled_gradients()
         import torch._inductor.config as inductor_config
 
-        # Deterministic gathers fix the step's own summation order; inductor's mode fixes the
-        # order inside its reductions. By default inductor picks a reduction kernel's block
-        # size and warps by timing candidates on first launch, in every process that loads
-        # the kernel, and those choices sum in different orders: in the eighteenth session
-        # three trainings of the same 81 sweep runs on one H100 gave three different
-        # histories (differing from the first evaluation on, by an ulp, then diverging
-        # chaotically). The mode picks reduction configurations by heuristic instead, but
-        # it does not reach the saved steps (twenty-second session,
-        # `scripts/inductor_mode_probe.py`): once dynamo has traced a frame it restores
+        # Deterministic gathers fix the step's own summation order; what is left is the order
+        # inside inductor's reductions. By default inductor picks a reduction kernel's block
+        # size and warps by timing candidates on first launch, and those choices sum in
+        # different orders: in the eighteenth session three trainings of the same 81 sweep
+        # runs on one H100 gave three different histories (differing from the first
+        # evaluation on, by an ulp, then diverging chaotically). The choice is made once, at
+        # the precompile stage's first run, and kept in the compile cache (data/compile_cache),
+        # so the processes that load the step time nothing and repeat bit for bit; a fresh
+        # compile may choose other configurations. Inductor's deterministic mode (heuristic
+        # configurations, never timed) is not set here: a process-wide setting does not reach
+        # the saved steps (once dynamo has traced a frame it restores
         # `torch.use_deterministic_algorithms`, which writes the mode back to off, and a saved
-        # step's graph compiles after its trace. Its reductions are configured by timing at
-        # the precompile stage's first run and the choice is cached (data/compile_cache), so
-        # the processes that load the step time nothing and repeat bit for bit; a fresh compile
-        # may choose other configurations. Passing the mode as a compile option makes it hold
+        # step's graph compiles after its trace: twenty-second session,
+        # `scripts/inductor_mode_probe.py`). It is held as a compile option under "strict"
         # (`inductor_deterministic`, `_compile_options`): fresh compiles then repeat too, but
         # the pipeline's transformer training took 25-50 % longer (twenty-third session).
         # The processes that load a saved step would still time kernels at their first launch
         # through two holes, found and closed in the twentieth session (README
         # "Reproducibility"):
         deterministic = self.opts.deterministic
-        inductor_config.deterministic = deterministic
-        # - before torch 2.13 it leaves "dynamic RBLOCK scaling" on: at a reduction kernel's
-        #   first launch inductor adds a copy with half the block along the reduction (for
+        # - before torch 2.13 inductor leaves "dynamic RBLOCK scaling" on: at a reduction
+        #   kernel's first launch it adds a copy with half the block along the reduction (for
         #   occupancy) and times the two. Five looped LayerNorm/softmax kernels of the fraction
         #   sweep's step then summed 128 columns in one block in some processes and in two
-        #   blocks of 64 in others. torch 2.13 gates the scaling on the mode itself and has no
-        #   such setting, so there this hole stays open while the mode does not reach the
-        #   saved steps (not run on a GPU: the GPU image has torch 2.11);
+        #   blocks of 64 in others. torch 2.13 gates the scaling on the deterministic mode and
+        #   has no such setting, so there this hole stays open unless the mode is held
+        #   ("strict"; not run on a GPU: the GPU image has torch 2.11);
         # - a combo kernel that holds a persistent reduction beside pointwise parts is tuned as
         #   a pointwise kernel, by timing its warps, which order the reduction.
         if hasattr(inductor_config, "dynamic_scale_rblock"):
