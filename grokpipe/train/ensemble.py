@@ -104,7 +104,8 @@ class EngineOptions:
     # configurations by heuristic, never timed, and a fresh compile repeats the last one's
     # bits (two fresh compiles and two H100s agreed, twenty-third session). Opt-in
     # (`engine.deterministic: strict`): the transformer's pipeline training took 25-50 %
-    # longer under it on an H100
+    # longer under it on an H100, all of it from the heuristic reduction configurations (a
+    # 9-run step lost 35 % with only those; twenty-fourth session)
     inductor_deterministic: bool = False
 
 
