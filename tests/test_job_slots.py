@@ -93,8 +93,9 @@ def test_combo_kernels_are_for_compiled_cuda_steps_of_two_runs_or_more():
 
 @contextlib.contextmanager
 def compiler_settings_restored():
-    """Every process-wide setting `_configure_compiler` writes, restored on exit (the config
-    modules' own `patch`: pytest's monkeypatch deletes their options on undo)."""
+    """Every process-wide setting `_configure_compiler` writes, and inductor's deterministic
+    mode, which the tests set, restored on exit (the config modules' own `patch`: pytest's
+    monkeypatch deletes their options on undo)."""
     import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
     import torch.fx.experimental._config as fx_config
