@@ -69,8 +69,9 @@ def override_inductor() -> None:
 
 
 override_inductor()
-# the engine sets some options itself as it configures a step (combo kernels, the
-# deterministic mode's companions): GP_INDUCTOR's values are set again after it, and win
+# the engine sets some options itself as it configures a step (combo kernels, and for
+# `engine.deterministic` the RBLOCK scaling and pointwise-only combos): GP_INDUCTOR's values
+# are set again after it, and win
 _engine_configure = EnsembleTrainer._configure_compiler
 
 

@@ -31,10 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_TRANSFORMER = {"family": "transformer", "n_layers": 1, "d_model": 32, "n_heads": 4, "d_ff": 64}
 
 
-def block(grid, steps=200, every=10, **train):
+def block(grid, steps=200, every=10, p=13, **train):
     return {
         "task": "arithmetic",
-        "data": {"op": "x+y", "p": 13},
+        "data": {"op": "x+y", "p": p},
         "model": dict(TINY_TRANSFORMER),
         "train": {"steps": steps, "batch_size": 32, **train},
         "eval": {"every": every, "log_points": 0},
