@@ -167,3 +167,21 @@ def test_repro_then_cached_then_one_param_change(repo):
     assert "reports/metrics/signed.json" not in changes
     moved = changes["reports/metrics/tiny.json"]
     assert any(k.endswith("final_train_loss.mean") and v["diff"] for k, v in moved.items())
+
+    # what only the analysis reads (here the figure list) re-runs the analysis, not the
+    # training: the datasets' experiment.json changes, their manifest.json does not
+    run(["git", "add", "-A"], work, env)
+    run(["git", "commit", "-qm", "lr 0.01"], work, env)
+    trained = (work / "data/runs/tiny/history.tsv").read_bytes()
+    redrawn = run(["dvc", "exp", "run", "-S", "experiments.tiny.figures=[curves]"], work, env)
+    assert ran_stages(redrawn) == {"generate", "precompile", "analyze@tiny", "report"}
+    assert (work / "data/runs/tiny/history.tsv").read_bytes() == trained
+    # the curves figure kind alone: its accuracy and loss panels, no grok-steps figure
+    assert sorted(p.stem for p in (work / "reports/figures/tiny").glob("*.png")) == [
+        "accuracy",
+        "loss",
+    ]
+    # each experiment's params are in the lock file once, under generate
+    lock = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
+    holding = sorted(k for k, s in lock.items() if "experiments" in json.dumps(s.get("params")))
+    assert holding == ["generate"]

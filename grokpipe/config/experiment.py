@@ -162,6 +162,9 @@ class Experiment:
     figures: list[str]
     analyses: list[str]  # experiment-specific analyses (grokpipe.analysis.ANALYSES)
     options: ExperimentOptions
+    # the effective block under the active preset (task defaults, the block, its `quick:`):
+    # every setting the experiment's stages read, as params.yaml spells it
+    settings: dict = field(default_factory=dict, compare=False)
 
     @property
     def condition_axes(self) -> list[str]:
@@ -310,7 +313,15 @@ def load_experiment(params: dict, name: str, section: str = "experiments") -> Ex
     check(isinstance(analyses, list), f"{key}.analyses", "expected a list of analysis kinds")
     title = block.get("title") or name
     return Experiment(
-        name, str(title), block["task"], [names[a] for a in axes], runs, figures, analyses, options
+        name,
+        str(title),
+        block["task"],
+        [names[a] for a in axes],
+        runs,
+        figures,
+        analyses,
+        options,
+        settings=block,
     )
 
 
