@@ -39,7 +39,7 @@ start)
     echo "threadpoolctl missing: add its wheel (pip download --no-deps threadpoolctl -d .whl)" >&2
     exit 1
   }
-  python3 -c "import ruamel.yaml.clib" || {  # DVC's lock-file loads, ~2.4x slower without
+  python3 -c "import _ruamel_yaml" || {  # ruamel.yaml.clib: DVC's lock-file loads, ~2.4x slower without
     echo "ruamel.yaml.clib missing: add its wheel (pip download --no-deps ruamel.yaml.clib" \
       "-d .whl --python-version 3.12 --only-binary :all: --platform manylinux2014_x86_64)" >&2
     exit 1
