@@ -46,7 +46,8 @@ TINY = {
             "task": "arithmetic",
             "train": {"lr": 0.003},
             "grid": {"data.op": ["x+y", "x-y"], "seed": [0]},
-            "figures": ["curves", "grok_steps"],
+            # every figure kind of the binary operations that a 2-run grid can draw
+            "figures": ["curves", "grok_steps", "value_counts", "post_grok_drops"],
         },
         "signed": {
             "title": "signed",

@@ -4,6 +4,8 @@ grokking."""
 
 from __future__ import annotations
 
+import json
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -176,7 +178,8 @@ def value_counts(ctx: FigureContext) -> list:
     from grokpipe.tasks.base import TaskData
 
     blob = torch.load(ctx.datasets_dir / "datasets.pt", weights_only=False)
-    manifest = pd.read_json(ctx.datasets_dir / "manifest.json")["runs"].apply(pd.Series)
+    runs = json.loads((ctx.datasets_dir / "manifest.json").read_text())["runs"]
+    manifest = pd.DataFrame(runs)
     t = ctx.table.merge(manifest[["run_id", "dataset"]], on="run_id")
     rows, hists = [], {}
     for key, g in t.groupby("dataset", sort=False):
