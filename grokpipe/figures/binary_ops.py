@@ -4,8 +4,6 @@ grokking."""
 
 from __future__ import annotations
 
-import json
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -172,18 +170,14 @@ def fraction_sweep(ctx: FigureContext) -> list:
 def value_counts(ctx: FigureContext) -> list:
     """Seed 002: per operation, the histogram of result values and the table's symmetry
     (share of pairs with a∘b = b∘a), against how fast the operation groks."""
-    import torch  # the datasets file; only this figure needs torch
-
+    from grokpipe.tasks import store  # torch, for the datasets file: only this figure needs it
     from grokpipe.tasks.arithmetic_task import symmetry_score
-    from grokpipe.tasks.base import TaskData
 
-    blob = torch.load(ctx.datasets_dir / "datasets.pt", weights_only=False)
-    runs = json.loads((ctx.datasets_dir / "manifest.json").read_text())["runs"]
-    manifest = pd.DataFrame(runs)
-    t = ctx.table.merge(manifest[["run_id", "dataset"]], on="run_id")
+    datasets, _, manifest = store.read(ctx.datasets_dir, ctx.exp)
+    t = ctx.table.merge(pd.DataFrame(manifest)[["run_id", "dataset"]], on="run_id")
     rows, hists = [], {}
     for key, g in t.groupby("dataset", sort=False):
-        data = TaskData(**blob["datasets"][key])
+        data = datasets[key]
         c = data.extras["c"]
         values, counts = np.unique(c, return_counts=True)
         hists[key] = (values, counts)

@@ -9,8 +9,9 @@ The two JSON files also carry the params into DVC. `train@<experiment>` depends 
 `manifest.json` and `datasets.pt`, `analyze@<experiment>` on the whole folder, instead of
 listing `defaults.<task>` and `experiments.<name>` as params: the lock file then holds each
 experiment's params once (under `generate`) rather than in four stages. DVC rewrites and
-re-parses the whole lock file after every stage, and at three copies it was ~130 kB: ~2-3 s
-of YAML per stage on the 2-core CPU, a tenth of the quick preset (twenty-fifth session). A
+re-parses the whole lock file after every stage, and with four copies it was 134 kB: ~2 s of
+YAML per stage on the 2-core CPU by the parse timings, ~1.3 s of which went with the three
+extra copies (twenty-fifth session). A
 change to what only the analysis reads (title, figures, analyses) now re-runs the analysis
 and not the training, which the params listing could not tell apart.
 """
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from grokpipe.config.experiment import Experiment
-from grokpipe.io import atomic_dir
+from grokpipe.io import atomic_dir, write_json
 from grokpipe.tasks import TASKS
 from grokpipe.tasks.base import TaskData
 
@@ -63,11 +64,11 @@ def write(path: str | Path, exp: Experiment) -> list[dict]:
             {"datasets": {k: asdict(v) for k, v in datasets.items()}, "splits": splits},
             tmp / "datasets.pt",
         )
-        with open(tmp / "manifest.json", "w") as fh:
-            head = {"experiment": exp.name, "options": asdict(exp.options)}
-            json.dump({**head, "runs": manifest}, fh, indent=1)
-        with open(tmp / "experiment.json", "w") as fh:
-            json.dump({"experiment": exp.name, "settings": exp.settings}, fh, indent=1)
+        options = asdict(exp.options)
+        write_json(
+            tmp / "manifest.json", {"experiment": exp.name, "options": options, "runs": manifest}
+        )
+        write_json(tmp / "experiment.json", {"experiment": exp.name, "settings": exp.settings})
     return manifest
 
 
