@@ -10,7 +10,7 @@ import pandas as pd
 import seaborn as sns
 
 from grokpipe.figures.context import FigureContext
-from grokpipe.figures.style import SPLIT_COLORS, SPLIT_NAMES, mean_sd_line, save, wrap
+from grokpipe.figures.style import SPLIT_COLORS, SPLIT_NAMES, legend, mean_sd_line, save, wrap
 
 
 def _long(ctx: FigureContext, metric: str) -> pd.DataFrame:
@@ -40,7 +40,7 @@ def _curves(ctx: FigureContext, metric: str, ylabel: str, logy: bool):
         for split, color in palette.items():
             mean_sd_line(ax, sub[sub["split"] == split], "step", metric, color, label=split)
         if ax is axes.flat[0]:
-            ax.legend(title="split", fontsize=8)
+            legend(ax, title="split", fontsize=8)
         ax.set_xlabel("step" if ax in axes[-1, :] else "")
         ax.set_xscale("log")
         if logy:
@@ -112,7 +112,7 @@ def grok_steps(ctx: FigureContext) -> list:
     ax.set_xlabel("optimisation step (log)")
     ax.set_ylabel("")
     ax.set_title(f"{ctx.exp.title}: steps to memorise and to grok")
-    ax.legend(loc="lower left", fontsize=8, frameon=True)
+    legend(ax, loc="lower left", fontsize=8, frameon=True)
     return [save(fig, ctx.out_dir / "grok_steps.png")]
 
 
@@ -125,17 +125,18 @@ def fraction_sweep(ctx: FigureContext) -> list:
     ops = list(dict.fromkeys(t["op"]))
     palette = dict(zip(ops, sns.color_palette("tab10", len(ops))))
     grokked = t.dropna(subset=["grokked_at"])
-    sns.lineplot(
-        grokked,
-        x="train_fraction",
-        y="grokked_at",
-        hue="op",
-        hue_order=ops,
-        palette=palette,
-        marker="o",
-        errorbar="sd",
-        ax=ax,
-    )
+    if not grokked.empty:  # else every point is a × on the budget line, drawn below
+        sns.lineplot(
+            grokked,
+            x="train_fraction",
+            y="grokked_at",
+            hue="op",
+            hue_order=ops,
+            palette=palette,
+            marker="o",
+            errorbar="sd",
+            ax=ax,
+        )
     ceiling = ctx.budget
     lines = []
     for op in ops:
@@ -163,7 +164,7 @@ def fraction_sweep(ctx: FigureContext) -> list:
     ax.set_title(f"{ctx.exp.title}\n(mean ± sd over seeds that grokked)")
     if lines:
         ax.text(1.02, 0.0, "\n".join(lines), transform=ax.transAxes, fontsize=8, va="bottom")
-    ax.legend(title="operation", bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=8)
+    legend(ax, title="operation", bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=8)
     return [save(fig, ctx.out_dir / "fraction_sweep.png")]
 
 
@@ -283,7 +284,7 @@ def post_grok_drops(ctx: FigureContext) -> list:
             "most\n(raw, not averaged over seeds)",
             fontsize=10,
         )
-        right.legend(fontsize=8, loc="lower right")
+        legend(right, fontsize=8, loc="lower right")
     fig.suptitle(f"{ctx.exp.title}: validation accuracy after grokking")
     fig.tight_layout()
     return [save(fig, ctx.out_dir / "post_grok_drops.png")]

@@ -23,7 +23,7 @@ import seaborn as sns
 
 from grokpipe.analysis import parity as verdicts
 from grokpipe.figures.context import FigureContext
-from grokpipe.figures.style import SPLIT_COLORS, mean_sd_line, save
+from grokpipe.figures.style import SPLIT_COLORS, legend, mean_sd_line, save
 
 FIRST, LAST = "#1f77b4", "#ff7f0e"
 
@@ -97,7 +97,7 @@ def parity_curves(ctx: FigureContext) -> list:
         ax.set_ylim(0.35, 1.03)
     for ax in list(axes.flat)[len(conditions) :]:
         ax.set_visible(False)
-    axes.flat[0].legend(fontsize=8, loc="lower right")
+    legend(axes.flat[0], fontsize=8, loc="lower right")
     fig.supxlabel(f"optimisation step (log; {_seed_note(ctx)})", fontsize=9)
     titled(fig, ctx, ctx.exp.analyses)
     return [save(fig, ctx.out_dir / "parity_curves.png")]
@@ -151,7 +151,7 @@ def _sweep_panels(ctx, series: dict[str, tuple[pd.DataFrame, str]], x: str, xlab
             ax.set_xticks(ticks)
             ax.set_xticklabels([f"{v:g}" for v in ticks])
             ax.minorticks_off()
-        ax.legend(fontsize=8)
+        legend(ax, fontsize=8)
     return fig
 
 
@@ -208,7 +208,7 @@ def parity_init_scale(ctx: FigureContext) -> list:
     a1.minorticks_off()
     a1.set_xlabel("initialisation scale (× Xavier)")
     a1.set_ylabel("steps to memorise / to grok (× = never)")
-    a1.legend(fontsize=8)
+    legend(a1, fontsize=8)
     h = _history(ctx)
     h = h.assign(scale=h["init_scale"].astype(float))
     palette = dict(zip(scales, sns.color_palette("viridis", len(scales))))
@@ -222,7 +222,7 @@ def parity_init_scale(ctx: FigureContext) -> list:
     a2.set_ylim(0.35, 1.03)
     a2.set_ylabel(f"accuracy (dashed: train; {_seed_note(ctx)})")
     a2.set_xlabel("optimisation step (log)")
-    a2.legend(fontsize=8)
+    legend(a2, fontsize=8)
     titled(fig, ctx, ["parity_init_scale"])
     return [save(fig, ctx.out_dir / "init_scale.png")]
 
@@ -256,7 +256,7 @@ def parity_frozen(ctx: FigureContext) -> list:
         ax.set_title(f"{d} hidden layer{'s' if d > 1 else ''}", fontsize=10)
         ax.set_xlabel("optimisation step (log)")
         ax.set_ylabel(f"accuracy ({_seed_note(ctx)})")
-        ax.legend(fontsize=7.5, loc="upper left")
+        legend(ax, fontsize=7.5, loc="upper left")
     titled(fig, ctx, ["parity_frozen_first_layer"], width=110)
     return [save(fig, ctx.out_dir / "frozen_first_layer.png")]
 
@@ -288,6 +288,6 @@ def parity_double_grokking(ctx: FigureContext) -> list:
     ax.set_ylim(0.35, 1.03)
     ax.set_xlabel("optimisation step (log); ● plateau reached, ★ peek rule learned")
     ax.set_ylabel("accuracy (solid: validation, dashed: train)")
-    ax.legend(fontsize=8, loc="lower right")
+    legend(ax, fontsize=8, loc="lower right")
     titled(fig, ctx, ["parity_double_grokking"], width=100)
     return [save(fig, ctx.out_dir / "double_grokking.png")]

@@ -25,6 +25,14 @@ def save(fig, path: Path) -> Path:
     return path
 
 
+def legend(ax, **kwargs) -> None:
+    """The axes' legend, or none where nothing on it is labelled: a panel whose runs never
+    grokked (a short budget, a hard operation) has no labelled markers, and matplotlib would
+    warn and draw an empty box."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+
+
 def wrap(n: int, max_cols: int = 5) -> int:
     return min(max_cols, max(1, n))
 

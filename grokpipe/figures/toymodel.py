@@ -12,7 +12,7 @@ import seaborn as sns
 
 from grokpipe.analysis.toyfit import ROLES, patterns_from
 from grokpipe.analysis.toymodel import Pattern, accuracies
-from grokpipe.figures.style import SPLIT_COLORS
+from grokpipe.figures.style import SPLIT_COLORS, legend
 
 PATTERN_COLORS = sns.color_palette("colorblind", 8)
 REGIME_TINT = {  # panel background in the slider grid, one per regime label
@@ -41,7 +41,7 @@ def _patterns_panel(ax, patterns: list[Pattern], t: np.ndarray, title: str, lege
         )
     ax.set(title=title, xlabel="epoch", ylabel="predictiveness", ylim=(-0.03, 1.03))
     if legend:
-        ax.legend(loc="center right", fontsize=8)
+        legend(ax, loc="center right", fontsize=8)
 
 
 def _accuracy_panel(ax, patterns: list[Pattern], t: np.ndarray, title: str, lw: float = 1.8):
@@ -97,7 +97,7 @@ def paper_figure(dd: list[Pattern], grok: list[Pattern], epochs: int, described:
             )
     for ax, corner in ((axes[1], "lower right"), (axes[3], "upper left")):  # empty corners
         ax.set(xlabel="epoch", ylabel="accuracy")
-        ax.legend(loc=corner, fontsize=8)
+        legend(ax, loc=corner, fontsize=8)
     fig.suptitle(
         "Pattern toy model (Davies et al. 2022): fast heuristics give double descent; "
         "without them, a slow preferred pattern gives grokking",
@@ -148,7 +148,7 @@ def slider_grid(
                 ax.set_ylabel(f"heuristic γ₁ = {h:g}\naccuracy", fontsize=9)
             if r == rows - 1:
                 ax.set_xlabel("epoch", fontsize=9)
-    axes[0, 0].legend(loc="upper left", fontsize=7)
+    legend(axes[0, 0], loc="upper left", fontsize=7)
     fig.suptitle(
         "Double descent ↔ grokking: weaker heuristics (down) and a stronger slow preferred "
         "pattern (right)",

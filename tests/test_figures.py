@@ -1,0 +1,84 @@
+"""Every figure kind of every experiment in params.yaml, drawn from real (short) trainings.
+
+The end-to-end test draws the binary-operation figures of a tiny grid; only the quick preset
+drew the rest, which is how a figure that broke on a new manifest key reached the GPU run
+unnoticed. Here each experiment of the project's own params.yaml trains under the quick preset
+with its budget cut to a few hundred steps (nothing groks: the figures must cope with that too),
+then draws every figure it lists, with matplotlib's and seaborn's warnings as errors.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+
+from grokpipe.config.experiment import load_params
+from grokpipe.config.validate import check_experiment, engine_config
+from grokpipe.figures import FIGURES
+from grokpipe.tasks import store
+from grokpipe.train.members import assemble
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = {"arithmetic": 60, "parity": 300}  # per task: a few evaluations, seconds in all
+
+
+def short_params() -> dict:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["preset"] = "quick"
+    params["engine"].update(devices="cpu", compile=False, cuda_graph=False, progress=False)
+    for task, block in params["defaults"].items():
+        quick = block.setdefault("quick", {})
+        quick.setdefault("train", {}).update(steps=STEPS[task], checkpoint_every=STEPS[task])
+        quick.setdefault("eval", {}).update(every=STEPS[task] // 6, log_points=4)
+    for exp in params["experiments"].values():
+        exp.setdefault("quick", {}).get("train", {}).pop("steps", None)  # the task's budget
+    return params
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A project folder with every experiment generated, trained and evaluated."""
+    from stages.evaluate import evaluate
+    from stages.train import train_experiment
+
+    work = tmp_path_factory.mktemp("figures")
+    (work / "params.yaml").write_text(yaml.safe_dump(short_params(), sort_keys=False))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)
+        params = load_params()
+        engine = engine_config(params)
+        for name in params["experiments"]:
+            exp = check_experiment(params, name)
+            store.write(f"data/datasets/{name}", exp)
+            train_experiment(exp, assemble(exp, *store.read(f"data/datasets/{name}", exp)), engine)
+            evaluate(exp, "quick")
+    return work
+
+
+def test_every_registered_kind_is_listed_by_an_experiment():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    listed = {kind for exp in params["experiments"].values() for kind in exp.get("figures", [])}
+    listed |= set((params.get("transfer") or {}).get("figures", []))
+    assert set(FIGURES) - listed == set(), "a figure kind no experiment draws goes untested"
+
+
+EXPERIMENTS = list(yaml.safe_load((ROOT / "params.yaml").read_text())["experiments"])
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_draws_every_figure_it_lists(trained, name, monkeypatch):
+    from stages.figures import render
+
+    monkeypatch.chdir(trained)
+    exp = check_experiment(load_params(), name, models=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # an empty legend, an ignored palette
+        written = [Path(p) for p in render(exp)]
+    assert len(written) >= len(exp.figures)
+    out = trained / "reports" / "figures" / name
+    for path in written:
+        drawn = out / path.name
+        assert drawn.suffix == ".png" and drawn.stat().st_size > 5_000, drawn
