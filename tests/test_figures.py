@@ -82,3 +82,21 @@ def test_experiment_draws_every_figure_it_lists(trained, name, monkeypatch):
     for path in written:
         drawn = out / path.name
         assert drawn.suffix == ".png" and drawn.stat().st_size > 5_000, drawn
+
+
+def test_toy_model_stage_and_a_toy_fit_draw_their_figures(trained, monkeypatch):
+    """The toy model's own stage and one experiment's toy-model fits: the other figure code."""
+    import stages.toymodel
+    from grokpipe.analysis.toyparams import fit_config
+    from stages.toyfit import fit_toy_model
+
+    monkeypatch.chdir(trained)
+    params = load_params()
+    fit = fit_config(params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        stages.toymodel.main()
+        fit_toy_model("parity_grokking", fit)
+    for folder in ("toy_model", "toyfit_parity_grokking"):
+        drawn = list((trained / "reports" / "figures" / folder).glob("*.png"))
+        assert drawn and all(p.stat().st_size > 5_000 for p in drawn), folder

@@ -28,8 +28,8 @@ def two_groups(steps=120):
 
 def test_jobs_side_by_side_train_as_in_turn(tmp_path):
     members = two_groups()
-    one = EngineConfig(devices="cpu", progress=False, jobs_per_device=1)
-    two = EngineConfig(devices="cpu", progress=False, jobs_per_device=2)
+    one = EngineConfig(devices="cpu", cpu_workers=1, progress=False, jobs_per_device=1)
+    two = EngineConfig(devices="cpu", cpu_workers=1, progress=False, jobs_per_device=2)
     assert two.slots("cpu") == 2
     in_turn, timings = train_members(members, one, tmp_path / "one", "t")
     side_by_side, timings2 = train_members(members, two, tmp_path / "two", "t")
@@ -39,6 +39,31 @@ def test_jobs_side_by_side_train_as_in_turn(tmp_path):
         assert np.array_equal(a.steps, b.steps)
         for name in ("train_loss", "val_loss", "val_acc"):
             np.testing.assert_array_equal(a.metrics[name], b.metrics[name], err_msg=name)
+
+
+def test_cpu_workers_train_ensembles_in_processes_as_in_turn(tmp_path):
+    members = two_groups()
+    in_process = EngineConfig(devices="cpu", cpu_workers=1, progress=False)
+    processes = EngineConfig(devices="cpu", cpu_workers=2, cpu_threads=1, progress=False)
+    in_turn, _ = train_members(members, in_process, tmp_path / "one", "t")
+    side_by_side, timings = train_members(members, processes, tmp_path / "two", "t")
+    assert len(timings) == 2
+    for m in members:
+        a, b = in_turn[m.run_id], side_by_side[m.run_id]
+        assert np.array_equal(a.steps, b.steps)
+        for name in ("train_loss", "val_loss", "val_acc"):
+            np.testing.assert_array_equal(a.metrics[name], b.metrics[name], err_msg=name)
+
+
+def test_cpu_worker_count_follows_cores_and_ensembles(monkeypatch):
+    monkeypatch.setattr(runner.os, "sched_getaffinity", lambda _: set(range(8)), raising=False)
+    auto = EngineConfig(devices="cpu")
+    assert auto.cpu_processes(1) == (1, None)  # one ensemble: in-process, torch's threads
+    assert auto.cpu_processes(2) == (2, 4)  # the cores shared out
+    assert auto.cpu_processes(20) == (8, 1)
+    assert EngineConfig(cpu_workers=3, cpu_threads=2).cpu_processes(5) == (3, 2)
+    with pytest.raises(ConfigError, match="engine.cpu_workers"):
+        engine_config({"engine": {"cpu_workers": 0}})
 
 
 def test_a_failing_job_stops_the_one_beside_it(tmp_path, monkeypatch):
@@ -59,7 +84,7 @@ def test_a_failing_job_stops_the_one_beside_it(tmp_path, monkeypatch):
             raise
 
     monkeypatch.setattr(runner, "_run_job", run_job)
-    engine = EngineConfig(devices="cpu", progress=False, jobs_per_device=2)
+    engine = EngineConfig(devices="cpu", cpu_workers=1, progress=False, jobs_per_device=2)
     with pytest.raises(RuntimeError, match="boom in the second job"):
         train_members(members, engine, tmp_path, "t")
     # the long job stopped at an evaluation instead of training its 20 000 steps
@@ -70,7 +95,7 @@ def test_a_failing_job_stops_the_one_beside_it(tmp_path, monkeypatch):
 def test_side_by_side_needs_cuda_graphs_or_no_compile():
     assert EngineConfig(devices="cpu").slots("cpu") == 1  # auto: the CPU's cores are one job's
     with pytest.raises(ValueError, match="jobs_per_device"):
-        EngineConfig(devices="cpu", compile=True, jobs_per_device=2).slots("cpu")
+        EngineConfig(devices="cpu", cpu_workers=1, compile=True, jobs_per_device=2).slots("cpu")
     with pytest.raises(ConfigError, match="engine.jobs_per_device"):
         engine_config({"engine": {"jobs_per_device": 0}})
 
@@ -158,7 +183,7 @@ def test_strict_determinism_holds_inductors_mode_for_every_compiled_graph(tmp_pa
         # a fresh inductor cache: a cached graph would not compile, and show nothing
         monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
         precompiled.clear_memory()
-        engine = EngineConfig(devices="cpu", compile=True, deterministic="strict")
+        engine = EngineConfig(devices="cpu", cpu_workers=1, compile=True, deterministic="strict")
         opts = replace(engine.options("cpu"), progress=False)
         assert opts.deterministic and opts.inductor_deterministic
         trainer = EnsembleTrainer(members, opts)
@@ -244,7 +269,7 @@ def test_first_jobs_go_one_to_each_device_before_any_doubles_up(monkeypatch):
     monkeypatch.setattr(runner, "_run_job", run_job)
     jobs = runner.plan_jobs(two_groups(steps=10), 256, 1, "t", set())
     assert len(jobs) == 2
-    engine = EngineConfig(devices="cpu", progress=False, jobs_per_device=2)
+    engine = EngineConfig(devices="cpu", cpu_workers=1, progress=False, jobs_per_device=2)
     pending: queue_module.Queue = queue_module.Queue()
     for i in range(len(jobs)):
         pending.put(i)

@@ -143,7 +143,10 @@ def fraction_sweep(ctx: FigureContext) -> list:
         g = t[t["op"] == op]
         by_frac = g.groupby("train_fraction")["grokked_at"].apply(lambda s: s.notna().any())
         failed = by_frac[~by_frac].index
-        ax.scatter(failed, [ceiling] * len(failed), marker="x", color=palette[op], s=40)
+        label = None if by_frac.any() else op  # an op with no line is named by its crosses
+        ax.scatter(
+            failed, [ceiling] * len(failed), marker="x", color=palette[op], s=40, label=label
+        )
         if not by_frac.any():
             lines.append(f"{op}: no seed groks at any fraction")
         elif not by_frac.iloc[0]:

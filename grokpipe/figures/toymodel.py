@@ -28,7 +28,7 @@ def _pattern_label(i: int, p: Pattern) -> str:
     return f"Type {i + 1}: {p.name}" if p.name else f"Type {i + 1}"
 
 
-def _patterns_panel(ax, patterns: list[Pattern], t: np.ndarray, title: str, legend: bool):
+def _patterns_panel(ax, patterns: list[Pattern], t: np.ndarray, title: str, with_legend: bool):
     for i, p in enumerate(patterns):
         style = "-" if p.gamma > 0 else ":"  # an absent pattern (γ = 0) drawn dotted
         ax.plot(
@@ -40,7 +40,7 @@ def _patterns_panel(ax, patterns: list[Pattern], t: np.ndarray, title: str, lege
             label=_pattern_label(i, p) + (" (preferred)" if p.preferred else ""),
         )
     ax.set(title=title, xlabel="epoch", ylabel="predictiveness", ylim=(-0.03, 1.03))
-    if legend:
+    if with_legend:
         legend(ax, loc="center right", fontsize=8)
 
 
@@ -58,9 +58,9 @@ def paper_figure(dd: list[Pattern], grok: list[Pattern], epochs: int, described:
     """
     t = np.linspace(0, epochs - 1, 4 * epochs)
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.9))
-    _patterns_panel(axes[0], dd, t, "Double descent: patterns", legend=True)
+    _patterns_panel(axes[0], dd, t, "Double descent: patterns", with_legend=True)
     _accuracy_panel(axes[1], dd, t, "Double descent: accuracy")
-    _patterns_panel(axes[2], grok, t, "Grokking: patterns", legend=False)
+    _patterns_panel(axes[2], grok, t, "Grokking: patterns", with_legend=False)
     _accuracy_panel(axes[3], grok, t, "Grokking: accuracy")
 
     d = described["double_descent"]["test"]

@@ -3,7 +3,8 @@
 Runs that can share kernels are grouped (see `ensemble.group_key`), large groups are cut to at
 most `max_members`, and groups are split further while there are more devices than jobs. Jobs
 go to one worker process per GPU through a queue (the largest first), so a device that finishes
-early takes the next job. On a machine without GPUs one in-process worker trains on the CPU.
+early takes the next job. On a machine without GPUs one in-process worker trains on the CPU, or,
+when an experiment has several ensembles, one worker process per core (`cpu_workers`).
 
 On a GPU, a worker trains up to `jobs_per_device` jobs at once, each in its own thread and CUDA
 stream: groups that cannot share an ensemble (S5 beside the mod-97 operations with
@@ -59,6 +60,12 @@ class EngineConfig:
     # experiment's second group trains in the gaps of the first), 1 on the CPU, whose cores
     # one job already keeps busy.
     jobs_per_device: int | str = "auto"
+    # Worker processes on a machine without GPUs, each training its own ensembles on its
+    # share of the cores. "auto": one per core, at most one per ensemble, so an experiment
+    # of one ensemble trains in-process as before. An experiment of two ensembles of small
+    # MLPs (parity_frozen_deep's two depths) trains them side by side instead of in turn:
+    # two threads in one process gained nothing there (the interpreter's lock; 24th session).
+    cpu_workers: int | str = "auto"
     # Runs whose tasks differ only in vocabulary and classes (S5 beside the mod-97 operations)
     # train as one ensemble padded to the largest, each member's extra classes masked out of
     # its logits (exact under cross-entropy; see `ensemble.padded_sizes`). Off: one job each.
@@ -93,10 +100,12 @@ class EngineConfig:
                 f"{key}.devices",
                 f"expected 'auto', 'cpu' or a list of GPU indices, got {self.devices!r}",
             )
-        if isinstance(self.cpu_threads, str):
-            check(self.cpu_threads == "auto", f"{key}.cpu_threads", "expected auto or a count")
-        else:
-            check(self.cpu_threads >= 1, f"{key}.cpu_threads", "must be positive")
+        for k in ("cpu_threads", "cpu_workers"):
+            v = getattr(self, k)
+            if isinstance(v, str):
+                check(v == "auto", f"{key}.{k}", "expected auto or a count")
+            else:
+                check(v >= 1, f"{key}.{k}", "must be positive")
         check(
             isinstance(self.pad_task_sizes, bool), f"{key}.pad_task_sizes", "expected true or false"
         )
@@ -121,6 +130,17 @@ class EngineConfig:
             if not 0 <= i < n:
                 raise RuntimeError(f"engine.devices names GPU {i}; {n} visible")
         return [f"cuda:{i}" for i in self.devices]
+
+    def cpu_processes(self, n_jobs: int) -> tuple[int, int | None]:
+        """(worker processes, torch threads in each; None = torch's default) for `n_jobs`
+        ensembles on a machine without GPUs."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        cores = cores or os.cpu_count() or 1
+        wanted = cores if self.cpu_workers == "auto" else self.cpu_workers
+        n = max(1, min(n_jobs, wanted))
+        if self.cpu_threads != "auto":
+            return n, self.cpu_threads
+        return n, (None if n == 1 else max(1, cores // n))
 
     def slots(self, device: str) -> int:
         """How many jobs train at once on `device`.
@@ -428,21 +448,27 @@ def _serve_device(
         raise next((e for e in errors if not isinstance(e, JobAborted)), errors[0])
 
 
-def _worker(rank: int, device: str, engine: EngineConfig, jobs, queue, results, ckdir: str, spread):
+def _worker(
+    rank: int, device: str, engine: EngineConfig, jobs, queue, results, ckdir: str, spread, threads
+):
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     try:
-        # Each worker sees only its own GPU, as cuda:0. Compiled code is cached per device,
-        # so this way every worker reuses what any of them (or an earlier run) compiled,
-        # instead of each GPU compiling every graph afresh.
-        inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
-        os.environ["CUDA_VISIBLE_DEVICES"] = worker_visible_devices(device, inherited)
-        torch.cuda.set_device(0)
+        if device == "cpu":
+            if threads is not None:
+                torch.set_num_threads(threads)
+        else:
+            # Each worker sees only its own GPU, as cuda:0. Compiled code is cached per
+            # device, so this way every worker reuses what any of them (or an earlier run)
+            # compiled, instead of each GPU compiling every graph afresh.
+            inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
+            os.environ["CUDA_VISIBLE_DEVICES"] = worker_visible_devices(device, inherited)
+            torch.cuda.set_device(0)
         _serve_device(
             jobs,
             queue.get,
             lambda idx, _: results.put(("done", idx, None)),
             engine,
-            "cuda:0",
+            "cpu" if device == "cpu" else "cuda:0",
             Path(ckdir),
             rank=rank,
             device_name=device,
@@ -467,8 +493,12 @@ def train_members(
         members, engine.max_members, len(devices), label, set(keep_params), engine.pad_task_sizes
     )
     outputs: list[dict] = []
-    if devices == ["cpu"] and engine.cpu_threads != "auto":
-        torch.set_num_threads(engine.cpu_threads)
+    threads = None
+    if devices == ["cpu"]:
+        n_workers, threads = engine.cpu_processes(len(jobs))
+        devices = ["cpu"] * n_workers
+        if n_workers == 1 and threads is not None:
+            torch.set_num_threads(threads)
     if len(devices) == 1:
         by_index: dict[int, dict] = {}
         pending = iter(range(len(jobs)))
@@ -491,7 +521,7 @@ def train_members(
         procs = [
             ctx.Process(
                 target=_worker,
-                args=(r, d, engine, jobs, queue, results, str(checkpoint_dir), spread),
+                args=(r, d, engine, jobs, queue, results, str(checkpoint_dir), spread, threads),
                 daemon=True,
             )
             for r, d in enumerate(devices)
