@@ -10,6 +10,9 @@ Diagnostics for BENCHMARKS.md, not a test. Each argument is one measurement,
   g  deterministic gathers (`engine.deterministic`: no atomic adds in their backward)
   S  inductor's deterministic mode held for every graph (`engine.deterministic: strict`;
      without it no graph has the mode)
+  b  the transformer's residual stream stored in bfloat16 (`EnsembleModel.residual_dtype`;
+     with precision bf16: every activation between products in bfloat16, LayerNorm statistics
+     and logits in float32): what bfloat16 activations would gain, science unchecked
   r  after timing, train a second ensemble of the same runs and say whether its history
      (losses and accuracies at every evaluation) is bit-identical to the first one's
   p  padded, as the pipeline's ops and fraction sweep are: a sixth of the runs are S5 (120
@@ -129,6 +132,13 @@ def options(flags, loaded=False):
 
 
 def trainer(E, precision, flags, steps):
+    t = _trainer(E, precision, flags, steps)
+    if "b" in flags:
+        t.model.residual_dtype = torch.bfloat16  # before the step is traced (`prepare`)
+    return t
+
+
+def _trainer(E, precision, flags, steps):
     runs = members(E, precision, flags, steps)
     if "L" not in flags:
         return EnsembleTrainer(runs, options(flags))

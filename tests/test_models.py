@@ -284,6 +284,30 @@ def test_bf16_multiplies_the_blocks_in_bfloat16_and_keeps_the_logits_float32(mon
     assert torch.allclose(out, full, atol=0.05)
 
 
+@pytest.mark.parametrize("prefixed", [False, True])
+def test_bfloat16_residual_stream_keeps_logits_float32_and_close(prefixed):
+    """The probe's `residual_dtype` (flag b of scripts/gpu_probe.py): every residual state in
+    bfloat16, the logits still float32 and near the float32 model's, prefixed or not."""
+    from grokpipe.train.prefix import prefix_plan
+
+    model = transformer(2, n_layers=2)
+    x = tokens(2)
+    kwargs = {}
+    if prefixed:
+        plan = prefix_plan(x.numpy(), 2)
+        x = x[:, :, 2:]
+        kwargs["prefix"] = (torch.as_tensor(plan.table), torch.as_tensor(plan.row_prefix))
+    full = model(x, **kwargs)
+    states = []
+    real_stream = model._stream
+    model._stream = lambda h: states.append(real_stream(h)) or states[-1]
+    model.matmul_dtype = model.residual_dtype = torch.bfloat16
+    out = model(x, **kwargs)
+    assert states and {h.dtype for h in states} == {torch.bfloat16}
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, full, atol=0.1)
+
+
 @pytest.mark.parametrize(
     "dtype, matmul_dtype",
     [

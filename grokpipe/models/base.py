@@ -30,6 +30,10 @@ class EnsembleModel(nn.Module):
         self.matmul_dtype: torch.dtype | None = None
         # gathers whose gradients sum in a fixed order, without atomic adds (see `take`)
         self.deterministic_gathers = False
+        # the residual stream's dtype where a family has one (None: float32). Not a params
+        # option: only `scripts/gpu_probe.py` (flag b) sets it, to measure what bfloat16
+        # activations would gain on a GPU before anyone checks what they do to the science
+        self.residual_dtype: torch.dtype | None = None
 
     def mm(self, x: Tensor, w: Tensor) -> Tensor:
         """Per-member matrix product in `matmul_dtype`: mixed precision written out.

@@ -123,6 +123,10 @@ class Transformer(EnsembleModel):
         z = act(self.mm(h, getattr(self, f"ff1_{i}")) + b1.reshape(shape1))
         return self.mm(z, getattr(self, f"ff2_{i}")) + b2.reshape(shape2)
 
+    def _stream(self, h: Tensor) -> Tensor:
+        """The residual stream as stored: in `residual_dtype` where the probe set one."""
+        return h if self.residual_dtype is None else h.to(self.residual_dtype)
+
     def _logits(self, h: Tensor) -> Tensor:
         """Final LayerNorm and unembedding, in float32 even when the blocks multiply in
         bfloat16: the late phase of grokking lives in small differences between large logits,
@@ -142,13 +146,13 @@ class Transformer(EnsembleModel):
             if not last_only:
                 raise ValueError("a shared prefix needs last_only (loss on the answer only)")
             return self.forward_prefixed(tokens, *prefix)
-        h = self.take(self.embed, tokens) + self.pos.unsqueeze(1)  # [E, B, T, d]
+        h = self._stream(self.take(self.embed, tokens) + self.pos.unsqueeze(1))  # [E, B, T, d]
         n = self.cfg.n_layers
         for i in range(n):
             final = last_only and i == n - 1
             a = self._attention(self._ln(h, f"ln1_{i}"), i, final)
-            h = (h[:, :, -1:] if final else h) + a
-            h = h + self._ffn(self._ln(h, f"ln2_{i}"), i)
+            h = self._stream((h[:, :, -1:] if final else h) + a)
+            h = self._stream(h + self._ffn(self._ln(h, f"ln2_{i}"), i))
         logits = self._logits(h)
         return logits[:, :, -1] if last_only else logits
 
@@ -163,8 +167,8 @@ class Transformer(EnsembleModel):
         and activation memory for p = 97 and batch 512."""
         P = table.shape[2]
         d = self.cfg.d_model
-        hp = self.take(self.embed, table) + self.pos[:, :P].unsqueeze(1)  # [E, U, P, d]
-        hs = self.take(self.embed, suffix) + self.pos[:, P:].unsqueeze(1)  # [E, B, S, d]
+        hp = self._stream(self.take(self.embed, table) + self.pos[:, :P].unsqueeze(1))  # [E,U,P,d]
+        hs = self._stream(self.take(self.embed, suffix) + self.pos[:, P:].unsqueeze(1))  # [E,B,S,d]
         causal = self.causal
         n = self.cfg.n_layers
         for i in range(n):
@@ -175,8 +179,8 @@ class Transformer(EnsembleModel):
                 kp, vp = self.mm(xp, w[..., d:]).split(d, dim=-1)
             else:
                 qp, kp, vp = self.mm(xp, w).split(d, dim=-1)
-                hp = hp + self._attend(qp, kp, vp, causal[:P, :P], i)
-                hp = hp + self._ffn(self._ln(hp, f"ln2_{i}"), i)
+                hp = self._stream(hp + self._attend(qp, kp, vp, causal[:P, :P], i))
+                hp = self._stream(hp + self._ffn(self._ln(hp, f"ln2_{i}"), i))
             k_rows = self.take(kp, index)  # [E, B, P, d]: each row's prefix
             v_rows = self.take(vp, index)
             if final:
@@ -189,6 +193,6 @@ class Transformer(EnsembleModel):
             k = torch.cat([k_rows, ks], dim=2)
             v = torch.cat([v_rows, vs], dim=2)
             a = self._attend(q, k, v, mask, i)
-            hs = (hs[:, :, -1:] if final else hs) + a
-            hs = hs + self._ffn(self._ln(hs, f"ln2_{i}"), i)
+            hs = self._stream((hs[:, :, -1:] if final else hs) + a)
+            hs = self._stream(hs + self._ffn(self._ln(hs, f"ln2_{i}"), i))
         return self._logits(hs)[:, :, -1]
