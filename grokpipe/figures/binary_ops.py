@@ -139,14 +139,15 @@ def fraction_sweep(ctx: FigureContext) -> list:
         )
     ceiling = ctx.budget
     lines = []
-    for op in ops:
+    for i, op in enumerate(ops):
         g = t[t["op"] == op]
         by_frac = g.groupby("train_fraction")["grokked_at"].apply(lambda s: s.notna().any())
         failed = by_frac[~by_frac].index
         label = None if by_frac.any() else op  # an op with no line is named by its crosses
-        ax.scatter(
-            failed, [ceiling] * len(failed), marker="x", color=palette[op], s=40, label=label
-        )
+        # each op's crosses a little above the last one's, so that ops failing at the same
+        # fraction all show
+        y = ceiling * 1.06**i
+        ax.scatter(failed, [y] * len(failed), marker="x", color=palette[op], s=40, label=label)
         if not by_frac.any():
             lines.append(f"{op}: no seed groks at any fraction")
         elif not by_frac.iloc[0]:
