@@ -26,33 +26,31 @@ def two_groups(steps=120):
     return members_from_block(block({"model.d_model": [32, 48], "seed": [0, 1]}, steps=steps))
 
 
-def test_jobs_side_by_side_train_as_in_turn(tmp_path):
+def assert_trained_alike(tmp_path, in_turn: EngineConfig, side_by_side: EngineConfig):
+    """The two groups trained under both settings: two jobs each, the same bits."""
     members = two_groups()
+    a_runs, a_timings = train_members(members, in_turn, tmp_path / "in_turn", "t")
+    b_runs, b_timings = train_members(members, side_by_side, tmp_path / "side_by_side", "t")
+    assert len(a_timings) == len(b_timings) == 2
+    for m in members:
+        a, b = a_runs[m.run_id], b_runs[m.run_id]
+        assert np.array_equal(a.steps, b.steps)
+        for name in ("train_loss", "val_loss", "val_acc"):
+            np.testing.assert_array_equal(a.metrics[name], b.metrics[name], err_msg=name)
+
+
+def test_jobs_side_by_side_train_as_in_turn(tmp_path):
     one = EngineConfig(devices="cpu", cpu_workers=1, progress=False, jobs_per_device=1)
     two = EngineConfig(devices="cpu", cpu_workers=1, progress=False, jobs_per_device=2)
     assert two.slots("cpu") == 2
-    in_turn, timings = train_members(members, one, tmp_path / "one", "t")
-    side_by_side, timings2 = train_members(members, two, tmp_path / "two", "t")
-    assert len(timings) == len(timings2) == 2
-    for m in members:
-        a, b = in_turn[m.run_id], side_by_side[m.run_id]
-        assert np.array_equal(a.steps, b.steps)
-        for name in ("train_loss", "val_loss", "val_acc"):
-            np.testing.assert_array_equal(a.metrics[name], b.metrics[name], err_msg=name)
+    assert_trained_alike(tmp_path, one, two)
 
 
 def test_cpu_workers_train_ensembles_in_processes_as_in_turn(tmp_path):
-    members = two_groups()
     in_process = EngineConfig(devices="cpu", cpu_workers=1, progress=False)
     processes = EngineConfig(devices="cpu", cpu_workers=2, cpu_threads=1, progress=False)
-    in_turn, _ = train_members(members, in_process, tmp_path / "one", "t")
-    side_by_side, timings = train_members(members, processes, tmp_path / "two", "t")
-    assert len(timings) == 2
-    for m in members:
-        a, b = in_turn[m.run_id], side_by_side[m.run_id]
-        assert np.array_equal(a.steps, b.steps)
-        for name in ("train_loss", "val_loss", "val_acc"):
-            np.testing.assert_array_equal(a.metrics[name], b.metrics[name], err_msg=name)
+    assert processes.cpu_processes(2) == (2, 1)
+    assert_trained_alike(tmp_path, in_process, processes)
 
 
 def test_cpu_worker_count_follows_cores_and_ensembles(monkeypatch):
