@@ -143,7 +143,8 @@ def fraction_sweep(ctx: FigureContext) -> list:
         g = t[t["op"] == op]
         by_frac = g.groupby("train_fraction")["grokked_at"].apply(lambda s: s.notna().any())
         failed = by_frac[~by_frac].index
-        label = None if by_frac.any() else op  # an op with no line is named by its crosses
+        # the line plot's legend names every op; without one, the crosses name them
+        label = op if grokked.empty else None
         # each op's crosses a little above the last one's, so that ops failing at the same
         # fraction all show
         y = ceiling * 1.06**i
