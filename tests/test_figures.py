@@ -9,6 +9,7 @@ then draws every figure it lists, with matplotlib's and seaborn's warnings as er
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 
@@ -22,11 +23,12 @@ from grokpipe.tasks import store
 from grokpipe.train.members import assemble
 
 ROOT = Path(__file__).resolve().parents[1]
+PROJECT = yaml.safe_load((ROOT / "params.yaml").read_text())
 STEPS = {"arithmetic": 60, "parity": 300}  # per task: a few evaluations, seconds in all
 
 
 def short_params() -> dict:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = copy.deepcopy(PROJECT)
     params["preset"] = "quick"
     params["engine"].update(devices="cpu", compile=False, cuda_graph=False, progress=False)
     for task, block in params["defaults"].items():
@@ -59,16 +61,12 @@ def trained(tmp_path_factory):
 
 
 def test_every_registered_kind_is_listed_by_an_experiment():
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    listed = {kind for exp in params["experiments"].values() for kind in exp.get("figures", [])}
-    listed |= set((params.get("transfer") or {}).get("figures", []))
+    listed = {kind for exp in PROJECT["experiments"].values() for kind in exp.get("figures", [])}
+    listed |= set((PROJECT.get("transfer") or {}).get("figures", []))
     assert set(FIGURES) - listed == set(), "a figure kind no experiment draws goes untested"
 
 
-EXPERIMENTS = list(yaml.safe_load((ROOT / "params.yaml").read_text())["experiments"])
-
-
-@pytest.mark.parametrize("name", EXPERIMENTS)
+@pytest.mark.parametrize("name", list(PROJECT["experiments"]))
 def test_experiment_draws_every_figure_it_lists(trained, name, monkeypatch):
     from stages.figures import render
 

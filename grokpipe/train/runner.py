@@ -453,6 +453,7 @@ def _worker(
 ):
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     try:
+        served = device  # the device as this worker names it
         if device == "cpu":
             if threads is not None:
                 torch.set_num_threads(threads)
@@ -463,12 +464,13 @@ def _worker(
             inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
             os.environ["CUDA_VISIBLE_DEVICES"] = worker_visible_devices(device, inherited)
             torch.cuda.set_device(0)
+            served = "cuda:0"
         _serve_device(
             jobs,
             queue.get,
             lambda idx, _: results.put(("done", idx, None)),
             engine,
-            "cpu" if device == "cpu" else "cuda:0",
+            served,
             Path(ckdir),
             rank=rank,
             device_name=device,
