@@ -97,7 +97,7 @@ class EngineOptions:
     # (`EnsembleModel.take`), and, where the step compiles, no kernel configured by timing in
     # a process that loads a saved step (`_configure_compiler`). Reduction kernels are still
     # configured by timing once, where the step is compiled, and the choice is kept in the
-    # compile cache: a fresh compile may sum in other orders (README "Reproducibility")
+    # compile cache: a fresh compile may sum in other orders (docs/REPRODUCIBILITY.md)
     deterministic: bool = False
     # inductor's deterministic mode passed to torch.compile itself, so that it holds for
     # every graph (a process-wide setting does not: see `_configure_compiler`): reduction
@@ -748,8 +748,7 @@ class EnsembleTrainer:
         # (`inductor_deterministic`, `_compile_options`): fresh compiles then repeat too, but
         # the pipeline's transformer training took 25-50 % longer (twenty-third session).
         # The processes that load a saved step would still time kernels at their first launch
-        # through two holes, found and closed in the twentieth session (README
-        # "Reproducibility"):
+        # through two holes, found and closed in the twentieth session (docs/REPRODUCIBILITY.md):
         deterministic = self.opts.deterministic
         # - before torch 2.13 inductor leaves "dynamic RBLOCK scaling" on: at a reduction
         #   kernel's first launch it adds a copy with half the block along the reduction (for

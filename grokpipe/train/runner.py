@@ -80,7 +80,7 @@ class EngineConfig:
     # repeat bit for bit. "strict" adds inductor's deterministic mode, held for every graph
     # (`EngineOptions.inductor_deterministic`), so that a fresh compile and another machine
     # repeat too, at 25-50 % of the transformer's GPU training time (twenty-third session).
-    # See README "Reproducibility". On every device: a CPU's indexed gathers also add in a
+    # See docs/REPRODUCIBILITY.md. On every device: a CPU's indexed gathers also add in a
     # varying order in an ensemble of one run (eighteenth session, torch 2.13 on 2 cores).
     # "auto", which meant a GPU only until then, is kept as a synonym of true.
     deterministic: bool | str = True
