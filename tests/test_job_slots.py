@@ -156,8 +156,9 @@ def test_deterministic_engine_keeps_reductions_out_of_combos_and_leaves_the_mode
 
 def test_strict_determinism_holds_inductors_mode_for_every_compiled_graph(tmp_path, monkeypatch):
     """Dynamo writes inductor's deterministic mode back to off once it has traced a frame, so
-    the saved steps, compiled after their trace, never had it (twenty-second session, docs/REPRODUCIBILITY.md). `engine.deterministic: strict` passes the mode to torch.compile, and
-    every graph of the step and of the evaluation compiles under it on the saved-step path
+    the saved steps, compiled after their trace, never had it (twenty-second session,
+    docs/REPRODUCIBILITY.md). `engine.deterministic: strict` passes the mode to torch.compile,
+    and every graph of the step and of the evaluation compiles under it on the saved-step path
     the pipeline takes. (With plain `true` they compile with the mode off, as
     `scripts/inductor_mode_probe.py` shows; not repeated here, at ~70 s of CI.) Real inductor
     on the CPU, a tiny parity MLP."""
