@@ -154,6 +154,22 @@ def test_per_member_hyperparameters_and_schedules():
     assert len({round(float(x), 4) for x in losses}) == 4  # the settings really differ
 
 
+def test_members_of_other_batch_sizes_train_as_alone():
+    """`train.batch_size` may differ between members of one ensemble: each samples its own
+    min(batch_size, n_train / 2) rows (the first slots of the ensemble's widest batch), as it
+    does alone. Until the twenty-seventh session every member took the first one's size."""
+    members = members_from_block(block({"train.batch_size": [8, 32], "seed": [0]}, steps=60))
+    together = EnsembleTrainer(members, EngineOptions(progress=False))
+    per_member = (together.batch_weights > 0).sum(1).tolist()
+    assert per_member == [8, 32]
+    assert together.run() == "done"
+    for i, m in enumerate(members):
+        alone = train([m])[0]
+        for name in ("train_loss", "val_loss"):
+            got, want = together.results()[i].metrics[name], alone.metrics[name]
+            assert max_rel(got, want) < 1e-5, (m.config.train.batch_size, name)
+
+
 def test_sgd_momentum_grokfast_and_frozen_layers_match_alone():
     grid = {
         "seed": [0, 1],

@@ -327,7 +327,11 @@ class EnsembleTrainer:
             self.batch = N
             self.batch_weights = self.train_mask / self.n_train.unsqueeze(1).float()
         else:
-            sizes = [min(tc.batch_size, max(1, n // 2)) for n in n_train.tolist()]
+            # each member's own batch size (members may differ in it, `_shared_settings`)
+            sizes = [
+                min(m.config.train.batch_size, max(1, n // 2))
+                for m, n in zip(members, n_train.tolist())
+            ]
             self.batch = max(sizes)
             w = np.zeros((E, self.batch), np.float32)
             for i, b in enumerate(sizes):
