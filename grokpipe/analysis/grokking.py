@@ -45,12 +45,13 @@ def first_step(steps: np.ndarray, values: np.ndarray, threshold: float = THRESHO
 
 def post_grok_drops(steps: np.ndarray, val_acc: np.ndarray, grokked_at) -> tuple:
     """(lowest validation accuracy after grokking, number of separate falls below
-    DROP_BELOW); (None, None) for a run that never grokked."""
+    DROP_BELOW); (None, None) for a run that never grokked, or that was not evaluated after
+    it grokked (a run stopped at 99 % validation): nothing was observed to count."""
     if grokked_at is None:
         return None, None
     after = val_acc[steps > grokked_at]
     if len(after) == 0:
-        return None, 0
+        return None, None
     below = after < DROP_BELOW
     falls = int(below[0]) + int(np.count_nonzero(below[1:] & ~below[:-1]))
     return float(after.min()), falls
@@ -149,10 +150,37 @@ def experiment_metrics(
     }
 
 
+def held_after_stop(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
+    """history with each run that stopped early (`train.early_stop`) held at its last
+    evaluation for the rest of its condition's evaluated steps, and a column `stopped` that
+    marks the held rows.
+
+    A stopped run's model is the one it stopped with, so its accuracy and loss at a later step
+    are those of its last evaluation. Without the hold, a mean over seeds at a later step
+    would average only the seeds still training, and each seed that grokked and stopped would
+    pull the mean validation curve back down."""
+    h = history.merge(runs[["run_id", "condition"]], on="run_id").sort_values(
+        ["run_id", "step"], kind="stable"
+    )
+    held = [h.assign(stopped=False)]
+    for _, part in h.groupby("condition", sort=False):
+        steps = np.unique(part["step"].to_numpy())
+        last = part.groupby("run_id", sort=False).tail(1)
+        for _, row in last.iterrows():
+            later = steps[steps > row["step"]]
+            if len(later):
+                tail = pd.DataFrame([row] * len(later)).assign(step=later, stopped=True)
+                held.append(tail.astype(h.dtypes.to_dict()))
+    out = pd.concat(held, ignore_index=True)
+    return out.sort_values(["run_id", "step"], kind="stable").drop(columns="condition")
+
+
 def curves(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
     """Long table for `dvc plots`: step, condition, split, accuracy and loss (mean and
-    standard deviation over seeds)."""
-    h = history.merge(runs[["run_id", "condition"]], on="run_id")
+    standard deviation over seeds; runs that stopped early held at their last evaluation,
+    `held_after_stop`), with the number of seeds and of seeds still training."""
+    h = held_after_stop(runs, history).merge(runs[["run_id", "condition"]], on="run_id")
+    h["training"] = ~h["stopped"]
     parts = []
     for split in ("train", "val"):
         g = h.groupby(["condition", "step"], sort=False)
@@ -162,10 +190,12 @@ def curves(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
             loss=(f"{split}_loss", "mean"),
             loss_sd=(f"{split}_loss", "std"),
             seeds=("run_id", "nunique"),
+            training=("training", "sum"),
         ).reset_index()
         agg.insert(2, "split", split)
         parts.append(agg)
     out = pd.concat(parts, ignore_index=True)
     return out.sort_values(["condition", "split", "step"], kind="stable")[
         ["step", "condition", "split", "accuracy", "accuracy_sd", "loss", "loss_sd", "seeds"]
+        + ["training"]
     ]

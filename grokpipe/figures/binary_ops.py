@@ -19,7 +19,7 @@ def _long(ctx: FigureContext, metric: str) -> pd.DataFrame:
     h = h[h["step"] > 0]
     parts = []
     for split in ("train", "val"):
-        part = h[["run_id", "condition", "seed", "step"]].copy()
+        part = h[["run_id", "condition", "seed", "step", "stopped"]].copy()
         part["split"] = SPLIT_NAMES[split]
         part[metric] = h[f"{split}_{metric}"].to_numpy()
         parts.append(part)
@@ -28,6 +28,7 @@ def _long(ctx: FigureContext, metric: str) -> pd.DataFrame:
 
 def _curves(ctx: FigureContext, metric: str, ylabel: str, logy: bool):
     data = _long(ctx, metric)
+    held = bool(data["stopped"].any())
     conditions = list(dict.fromkeys(ctx.runs["condition"]))
     cols = wrap(len(conditions))
     rows = -(-len(conditions) // cols)
@@ -54,8 +55,9 @@ def _curves(ctx: FigureContext, metric: str, ylabel: str, logy: bool):
     seeds = ctx.runs.groupby("condition").size().max()
     fig.suptitle(
         f"{ctx.exp.title}: {ylabel.lower()} vs optimisation step "
-        f"(mean ± sd over {seeds} seed{'s' if seeds > 1 else ''})",
-        y=1.0,
+        f"(mean ± sd over {seeds} seed{'s' if seeds > 1 else ''})"
+        + ("\nruns that stopped at 99 % validation hold their last evaluation" if held else ""),
+        y=1.0 + (0.04 / rows if held else 0.0),
     )
     # fixed spacing: tight_layout over many log-scaled panels costs seconds per figure
     fig.subplots_adjust(hspace=0.55 if rows > 1 else 0.3, wspace=0.08, top=1 - 0.55 / (2.8 * rows))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
@@ -40,5 +41,12 @@ class FigureContext:
     def budget(self) -> int:
         return max(r.config.train.steps for r in self.exp.runs)
 
+    @cached_property
+    def _labelled_history(self) -> pd.DataFrame:
+        return grokking.held_after_stop(self.runs, self.history).merge(self.runs, on="run_id")
+
     def history_with_labels(self) -> pd.DataFrame:
-        return self.history.merge(self.runs, on="run_id")
+        """history joined with runs.tsv, for curves averaged over seeds: runs that stopped
+        early are held at their last evaluation (`stopped` rows, `grokking.held_after_stop`),
+        so that every mean is over every seed of its condition."""
+        return self._labelled_history.copy()
