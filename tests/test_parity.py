@@ -107,6 +107,22 @@ def test_known_k_rejects_overlapping_k_sets():
         data_cfg(variant="known", n=10, k_train=[2, 3], k_val=[6], k_max=4)
 
 
+def test_known_k_draws_at_most_every_distinct_row_of_a_k():
+    """Near the limit (14 training rows over k = 2, 3 on 3 bits: 8 distinct rows each) a
+    random share of rows per k could ask one k for more than 8 distinct rows, and drawing
+    them never ended: each k now takes at most 2^n rows."""
+    for seed in range(20):
+        _, data, tr, _ = build(
+            seed=seed, variant="known", n=3, k_train=[2, 3], k_val=[1], k_max=3,
+            n_train=14, n_val=2,
+        )  # fmt: skip
+        k = data.extras["k"][tr]
+        assert max(np.bincount(k)) <= 8
+        bits = data.extras["bits"][tr]
+        for v in (2, 3):
+            assert len({r.tobytes() for r in bits[k == v]}) == (k == v).sum()
+
+
 def test_peek_labels_multiply_the_extra_bit_on_pattern_rows():
     cfg, data, *_ = build(
         seed=4, variant="peek", n=12, k=3, peek_pattern=[1, 1, -1], n_train=800, n_val=200
@@ -278,6 +294,22 @@ def test_data_size_verdict():
     assert r["per_size"]["660"]["grokked"] == 2
 
 
+def test_data_size_verdict_claims_only_what_every_size_shows():
+    """A size that groks in every seed below one that does not gives no "from" threshold
+    (it used to raise StopIteration), and "no seed groks at ≤ n" holds for every size up
+    to n, not only for n (220 groks once here, so there is no such n)."""
+    t = table(
+        rows({"n_train": 220}, [9000, None, None]),
+        rows({"n_train": 440}, [None, None, None]),
+        rows({"n_train": 660}, [5000, 6000, 7000]),
+        rows({"n_train": 1100}, [4000, None, 6000]),
+    )
+    r = ANALYSES["parity_data_size"](fake_exp(20_000), t, None)
+    assert r["all_seeds_grok_from"] is None
+    assert r["verdict"].startswith("every seed groks only at n_train = 660, not at every larger")
+    assert "no seed groks at" not in r["verdict"]
+
+
 def test_frozen_first_layer_verdict_per_depth():
     t = table(
         rows({"hidden": "[200]", "frozen": True}, [None, None, None], val=0.52),
@@ -290,6 +322,17 @@ def test_frozen_first_layer_verdict_per_depth():
     assert "1 hidden layer: random features (first layer frozen) 0/3 grok" in r["verdict"]
     assert "(final train 1.00, val 0.52)" in r["verdict"]
     assert "2 hidden layers" in r["verdict"]
+
+
+def test_frozen_first_layer_verdict_when_nothing_groks_is_undetermined():
+    t = table(
+        rows({"hidden": "[200]", "frozen": True}, [None, None, None]),
+        rows({"hidden": "[200]", "frozen": False}, [5000, None, None]),
+    )
+    r = ANALYSES["parity_frozen_first_layer"](fake_exp(), t, None)
+    assert r["feature_learning"] == [
+        "undetermined (neither frozen nor trained runs grok in most seeds)"
+    ]
 
 
 def test_rate_limiting_verdict_compares_directions():
@@ -318,6 +361,23 @@ def test_rate_limiting_verdict_half_supported():
     )
     r = ANALYSES["parity_rate_limiting"](fake_exp(), t, None)
     assert "only early-layer slowing delays grokking" in r["verdict"]
+
+
+def test_rate_limiting_with_a_baseline_that_does_not_grok_compares_seed_counts_only():
+    """Baseline median never (1/3 seeds): a slowed condition like it delays nothing, and
+    its slowdown is undefined (it printed "0.0×")."""
+    f, l_ = "train.layers.first.period", "train.layers.last.period"
+    t = table(
+        rows({f: 1, l_: 1}, [5000, None, None]),
+        rows({f: 4, l_: 1}, [4000, None, None]),
+        rows({f: 1, l_: 4}, [None, None, None]),
+    )
+    r = ANALYSES["parity_rate_limiting"](fake_exp(), t, None)
+    assert r["first"]["4"]["delays_grokking"] is False
+    assert r["first"]["4"]["slowdown"] is None
+    assert r["last"]["4"]["delays_grokking"] is True  # fewer seeds grok
+    assert "0.0×" not in r["verdict"] and "(n/a)" in r["verdict"]
+    assert "only late-layer slowing delays grokking" in r["verdict"]
 
 
 def test_init_scale_verdict():
@@ -363,7 +423,9 @@ def test_double_grokking_verdict_from_curves():
         "plateau_val_acc": 0.94,
     }
     assert r["per_run"]["r0002"]["double_grokking"] is False  # one jump straight to 100 %
-    assert r["verdict"].startswith("double grokking (a plateau lasting ≥ 1.5× the step it was")
+    assert r["verdict"].startswith(
+        "double grokking (the peek rule learned at ≥ 1.5× the step the plateau was reached"
+    )
     assert "in 2/3 seeds" in r["verdict"]
 
 

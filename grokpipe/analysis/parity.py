@@ -12,6 +12,7 @@ verdict is the one that needs them.
 from __future__ import annotations
 
 import ast
+import itertools
 import math
 
 import numpy as np
@@ -55,8 +56,16 @@ def fmt_steps(v: float | None) -> str:
     return f"{int(round(v)):,}"
 
 
-def fmt_ratio(v: float) -> str:
+def fmt_ratio(v: float | None) -> str:
+    """A slowdown: "n/a" where it is undefined (a baseline that never groks)."""
+    if v is None:
+        return "n/a"
     return "∞" if math.isinf(v) else f"{v:.1f}×"
+
+
+def _ratio(med: float, base_med: float) -> float | None:
+    """med / base_med (∞ when only `med` is never); None when the baseline never groks."""
+    return None if math.isinf(base_med) else med / base_med
 
 
 def group_stats(g: pd.DataFrame) -> dict:
@@ -155,20 +164,21 @@ def parity_data_size(exp, table: pd.DataFrame, history: pd.DataFrame) -> dict:
     for size, g in sorted(table.groupby(col), key=lambda kv: float(kv[0])):
         per[int(size)] = group_stats(g)
     sizes = list(per)
-    all_grok = [n for n in sizes if per[n]["grokked"] == per[n]["seeds"]]
-    none_grok = [n for n in sizes if per[n]["grokked"] == 0]
+    every = [per[n]["grokked"] == per[n]["seeds"] for n in sizes]
     parts = [f"n={n}: {_describe(per[n])}" for n in sizes]
-    if all_grok:
-        # the smallest size from which every larger size also groks in every seed
-        threshold = next(
-            n for n in sizes if all(per[m]["grokked"] == per[m]["seeds"] for m in sizes if m >= n)
-        )
+    # the smallest size from which every larger size also groks in every seed
+    threshold = next((n for i, n in enumerate(sizes) if all(every[i:])), None)
+    if threshold is not None:
         head = f"every seed groks from n_train = {threshold}"
+    elif any(every):
+        full = ", ".join(str(n) for n, e in zip(sizes, every) if e)
+        head = f"every seed groks only at n_train = {full}, not at every larger size"
     else:
-        threshold = None
         head = "no training-set size groks in every seed"
-    if none_grok:
-        head += f"; no seed groks at n_train ≤ {max(none_grok)}"
+    # the sizes, from the smallest up, at which no seed groks
+    none_below = list(itertools.takewhile(lambda n: per[n]["grokked"] == 0, sizes))
+    if none_below:
+        head += f"; no seed groks at n_train ≤ {none_below[-1]}"
     medians = [(n, per[n]["median_grokked_at"]) for n in sizes if per[n]["median_grokked_at"]]
     if len(medians) >= 2:
         (n0, s0), (n1, s1) = medians[0], medians[-1]
@@ -190,7 +200,8 @@ def parity_frozen_first_layer(exp, table: pd.DataFrame, history: pd.DataFrame) -
 
     Feature learning is judged necessary at a depth when the frozen runs grok in no seed while
     the trained ones grok in most; unnecessary when frozen runs grok about as often (within one
-    seed) and no slower than 2× the trained median; otherwise "partly".
+    seed) and no slower than 2× the trained median, or in most seeds where the trained runs do
+    not; undetermined when neither grok in most seeds (nothing to compare); otherwise "partly".
     """
     fcol = _column(table, "frozen", "train.layers.first.frozen")
     frozen = table[fcol].map(_as_bool)
@@ -204,7 +215,12 @@ def parity_frozen_first_layer(exp, table: pd.DataFrame, history: pd.DataFrame) -
         at = depth == d
         f = group_stats(table[at & frozen])
         t = group_stats(table[at & ~frozen])
-        if f["grokked"] == 0 and t["grokked"] * 2 > t["seeds"]:
+        f_most, t_most = f["grokked"] * 2 > f["seeds"], t["grokked"] * 2 > t["seeds"]
+        if not f_most and not t_most:
+            judgement = "undetermined (neither frozen nor trained runs grok in most seeds)"
+        elif not t_most:
+            judgement = "not needed"  # the frozen runs grok in most seeds, the trained do not
+        elif f["grokked"] == 0:
             judgement = "needed"
         elif f["grokked"] >= t["grokked"] - 1 and median_steps(
             table[at & frozen]["grokked_at"]
@@ -239,7 +255,8 @@ def parity_rate_limiting(exp, table: pd.DataFrame, history: pd.DataFrame) -> dic
     The coordination hypothesis (seed 003, quoting Michaud/Tegmark) predicts that either
     imbalance delays generalisation. For each direction and period the median steps to grok
     (never = ∞) is compared with the unslowed baseline; a direction "delays grokking" at P when
-    its median is at least 2× the baseline's or fewer seeds grok.
+    its median is at least 2× the baseline's or fewer seeds grok. When the baseline itself
+    does not grok in most seeds (its median is ∞), only the seed counts compare.
     """
     fc, lc = _period_columns(table)
     p_first = table[fc].map(lambda v: int(float(v)) if _num(v) is not None else 1)
@@ -256,9 +273,10 @@ def parity_rate_limiting(exp, table: pd.DataFrame, history: pd.DataFrame) -> dic
             g = table[(mine == p) & (other == 1)]
             s = group_stats(g)
             med = median_steps(g["grokked_at"])
-            s["slowdown"] = None if math.isinf(med) else med / base_med
+            ratio = _ratio(med, base_med)
+            s["slowdown"] = None if ratio is None else _finite(ratio)
             s["delays_grokking"] = bool(
-                s["grokked"] < base["grokked"] or med >= 2 * base_med or math.isinf(med)
+                s["grokked"] < base["grokked"] or (not math.isinf(base_med) and med >= 2 * base_med)
             )
             rows[int(p)] = s
         directions[name] = rows
@@ -267,8 +285,8 @@ def parity_rate_limiting(exp, table: pd.DataFrame, history: pd.DataFrame) -> dic
         items = []
         for p, s in directions[name].items():
             med = math.inf if s["median_grokked_at"] is None else s["median_grokked_at"]
-            ratio = med / base_med if not math.isinf(med) else math.inf
-            items.append(f"×{p}: {_count(s)}, {fmt_steps(med)} ({fmt_ratio(ratio)})")
+            ratio = fmt_ratio(_ratio(med, base_med))
+            items.append(f"×{p}: {_count(s)}, {fmt_steps(med)} ({ratio})")
         return ", ".join(items) if items else "not swept"
 
     shared = sorted(set(directions["first"]) & set(directions["last"]))
@@ -431,7 +449,8 @@ def parity_double_grokking(exp, table: pd.DataFrame, history: pd.DataFrame) -> d
     ratios = [r["stage_ratio"] for r in per_run.values() if r["stage_ratio"]]
     verdict = (
         f"{'double grokking' if doubles * 2 > n else 'no double grokking'} "
-        f"(a plateau lasting ≥ 1.5× the step it was reached) in {doubles}/{n} seeds: "
+        f"(the peek rule learned at ≥ 1.5× the step the plateau was reached, ≥ 3 evaluations "
+        f"later) in {doubles}/{n} seeds: "
         f"{reached1}/{n} reach the parity plateau (≥ {first:.2f}, expected {level:.3f}) at median "
         f"step {fmt_steps(median_steps(s1s))}, "
         + (f"median val {np.median(plateaus):.3f} on it, " if plateaus else "")

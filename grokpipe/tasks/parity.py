@@ -7,8 +7,10 @@ Variants (`data.variant`):
             network extrapolates to a value of k it never saw.
 - `peek`:   double grokking. Rows whose prefix x[:len(peek_pattern)] equals `peek_pattern`
             (±1 values, default [1, 1, −1], the source's `peek_condition` with k = 3, matching one
-            row in eight) have their label multiplied by the extra bit x[peek_at] (default k + 1,
-            as in the source). A network that learns only the k-bit parity is right on every
+            row in eight) have their label multiplied by the extra bit x[peek_at] (default
+            index k + 1, SPEC's x[k+1]; tiny-gen's docstring says "the (k+1)th value", index
+            k: every bit outside x[:k] is an independent fair coin, so either index sets the
+            same task). A network that learns only the k-bit parity is right on every
             other row and on half of the pattern rows: validation accuracy 1 − 2^−(m+1), that is
             0.9375 for m = 3.
 
@@ -149,8 +151,22 @@ def _unique_rows(rng: np.random.Generator, count: int, n: int, exclude=()) -> np
 
 
 def _draw_ks(rng: np.random.Generator, ks: list[int], count: int, n: int):
-    """(k per row, bits) with distinct bits within each k."""
+    """(k per row, bits) with distinct bits within each k.
+
+    Each row draws its k uniformly from `ks`; a k drawn more often than it has distinct rows
+    (2^n, reachable only near the limit `validate` checks) gives its extra rows, in order, to
+    the k values with rows to spare, so that the draw always ends. Below the limit no row
+    moves, and the datasets are those of a plain uniform draw."""
     k = rng.choice(np.asarray(ks), size=count)
+    cap = 2**n
+    values, counts = np.unique(k, return_counts=True)
+    spare = [v for v in ks if (k == v).sum() < cap]
+    for v, c in zip(values, counts):
+        if c > cap:
+            for row in np.flatnonzero(k == v)[cap:]:
+                while (k == spare[0]).sum() >= cap:
+                    spare.pop(0)
+                k[row] = spare[0]
     x = np.zeros((count, n), np.int8)
     for v in np.unique(k):
         rows = np.flatnonzero(k == v)
