@@ -151,6 +151,19 @@ def fraction_sweep(ctx: FigureContext) -> list:
         # fraction all show
         y = ceiling * 1.06**i
         ax.scatter(failed, [y] * len(failed), marker="x", color=palette[op], s=40, label=label)
+        # fractions where only some seeds grokked: their mean is over the survivors, which
+        # flatters the steep end of the curve, so they are drawn open and labelled k/n
+        counts = g.groupby("train_fraction")["grokked_at"].agg(["count", "size", "mean"])
+        partial = counts[(counts["count"] > 0) & (counts["count"] < counts["size"])]
+        ax.scatter(
+            partial.index, partial["mean"], s=60, facecolors="white", edgecolors=palette[op],
+            linewidths=1.5, zorder=5,
+        )  # fmt: skip
+        for frac, row in partial.iterrows():
+            ax.annotate(
+                f"{int(row['count'])}/{int(row['size'])}", (frac, row["mean"]),
+                xytext=(5, 4), textcoords="offset points", fontsize=7, color=palette[op],
+            )  # fmt: skip
         if not by_frac.any():
             lines.append(f"{op}: no seed groks at any fraction")
         elif not by_frac.iloc[0]:
@@ -168,7 +181,9 @@ def fraction_sweep(ctx: FigureContext) -> list:
     ax.set_yscale("log")
     ax.set_xlabel("training data fraction")
     ax.set_ylabel("steps until validation accuracy ≥ 99%")
-    ax.set_title(f"{ctx.exp.title}\n(mean ± sd over seeds that grokked)")
+    ax.set_title(
+        f"{ctx.exp.title}\n(mean ± sd over seeds that grokked; open: only k/n seeds grokked)"
+    )
     if lines:
         ax.text(1.02, 0.0, "\n".join(lines), transform=ax.transAxes, fontsize=8, va="bottom")
     legend(ax, title="operation", bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=8)
