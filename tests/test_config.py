@@ -290,6 +290,18 @@ def test_quick_preset_applies_default_then_experiment_overrides():
     assert cfg.train.batch_size == 8
 
 
+def test_an_experiments_own_setting_beats_the_defaults_quick_block():
+    """Under the quick preset the defaults' `quick:` settings apply to the defaults, so a
+    setting in the experiment's main block still wins (until the twenty-seventh session the
+    defaults' quick block came after it: `-S experiments.e.train.lr=...` did nothing there)."""
+    params = quick_params()
+    params["defaults"]["arithmetic"]["quick"]["train"]["lr"] = 0.5
+    params["preset"] = "quick"
+    assert load_experiment(params, "e").runs[0].config.train.lr == 0.01
+    params["experiments"]["e"]["quick"]["train"]["lr"] = 0.2
+    assert load_experiment(params, "e").runs[0].config.train.lr == 0.2
+
+
 def test_resolve_block_order():
     params = quick_params()
     params["preset"] = "quick"
@@ -303,7 +315,24 @@ def test_bad_value_in_quick_block_is_reported_under_quick_preset():
     params["experiments"]["e"]["quick"]["train"]["steps"] = 0
     load_experiment(params, "e")  # full preset never reads it
     params["preset"] = "quick"
-    assert_names(config_error(params), "experiments.e.train.steps", "positive")
+    assert_names(config_error(params), "experiments.e.quick.train.steps", "positive")
+
+
+def test_a_bad_value_is_reported_where_params_yaml_sets_it():
+    """In the defaults, the defaults' quick block or the experiment's quick block: the key
+    named is the one to edit (it used to be `experiments.<name>...` whatever set it)."""
+    params = quick_params()
+    params["defaults"]["arithmetic"]["train"]["lrr"] = 1
+    assert_names(config_error(params), "defaults.arithmetic.train.lrr", "unknown key")
+    params = quick_params()
+    params["defaults"]["arithmetic"]["quick"]["train"]["steps"] = 0
+    load_experiment(params, "e")  # the full preset never reads a quick block
+    params["experiments"]["e"]["quick"]["train"].pop("steps")
+    params["preset"] = "quick"
+    assert_names(config_error(params), "defaults.arithmetic.quick.train.steps", "positive")
+    params = quick_params()
+    params["experiments"]["e"]["train"]["lr"] = "fast"
+    assert_names(config_error(params), "experiments.e.train.lr")
 
 
 # --- a stage with bad params -----------------------------------------------------------------

@@ -177,7 +177,11 @@ RUN_SECTIONS = {"data", "model", "train", "eval"}
 
 
 def resolve_block(params: dict, name: str, section: str = "experiments") -> dict:
-    """The experiment's effective block: task defaults, then the experiment, then `quick`.
+    """The experiment's effective block: the task's defaults (under the quick preset with
+    their `quick:` block applied), then the experiment (likewise). A setting of the
+    experiment's own therefore wins over the defaults' quick settings: a user who sets
+    `experiments.seq2seq.train.lr` gets that rate under both presets, and only the
+    experiment's own `quick:` block changes it for the quick preset.
 
     `section` is the top-level key holding the block: `experiments`, or a stage of its own
     (e.g. `transfer`, whose block is one experiment)."""
@@ -197,12 +201,13 @@ def resolve_block(params: dict, name: str, section: str = "experiments") -> dict
         f"{key}.task",
         f"expected one of {sorted(TASKS)}, got {task!r}",
     )
-    defaults = (params.get("defaults") or {}).get(task) or {}
-    merged = deep_merge(_without_quick(defaults), _without_quick(block))
-    if preset == "quick":
-        merged = deep_merge(merged, defaults.get("quick") or {})
-        merged = deep_merge(merged, block.get("quick") or {})
-    return merged
+    defaults = (params.get("defaults") or {}).get(task) if isinstance(task, str) else None or {}
+
+    def effective(b: dict) -> dict:
+        own = _without_quick(b)
+        return deep_merge(own, b.get("quick") or {}) if preset == "quick" else own
+
+    return deep_merge(effective(defaults), effective(block))
 
 
 def _without_quick(block: dict) -> dict:
@@ -272,9 +277,52 @@ def build_run_config(block: dict, key: str) -> RunConfig:
     return RunConfig(block["task"], seed, data, family, model, train, evaluation)
 
 
-def load_experiment(params: dict, name: str, section: str = "experiments") -> Experiment:
-    """Resolve presets and defaults, expand the grid and validate every run."""
+def _has_path(tree, dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return False
+        tree = tree[part]
+    return True
+
+
+def where_set(params: dict, name: str, section: str, dotted: str) -> str:
+    """The params.yaml key that sets `dotted` (a key of the merged block, e.g. `train.lr`)
+    for this experiment, the one of highest precedence (`resolve_block`): its quick block
+    (under the quick preset), the block itself, the defaults' quick block, the defaults.
+    `dotted` under the block's own key where none sets it (a grid value, a missing key)."""
     key = f"experiments.{name}" if section == "experiments" else section
+    block = (params.get("experiments") or {}).get(name) if section == "experiments" else None
+    block = block if block is not None else params.get(section)
+    task = block.get("task") if isinstance(block, dict) else None
+    defaults = (params.get("defaults") or {}).get(task) if isinstance(task, str) else None
+    quick = params.get("preset", "full") == "quick"
+    places = [(f"{key}.quick", (block or {}).get("quick"))] if quick else []
+    places.append((key, block))
+    if isinstance(defaults, dict):
+        if quick:
+            places.append((f"defaults.{task}.quick", defaults.get("quick")))
+        places.append((f"defaults.{task}", defaults))
+    for prefix, tree in places:
+        if _has_path(tree, dotted):
+            return f"{prefix}.{dotted}"
+    return f"{key}.{dotted}"
+
+
+def load_experiment(params: dict, name: str, section: str = "experiments") -> Experiment:
+    """Resolve presets and defaults, expand the grid and validate every run. A bad value
+    is reported under the key that sets it (`where_set`), in the experiment, its quick
+    block or the task's defaults."""
+    key = f"experiments.{name}" if section == "experiments" else section
+    try:
+        return _load_experiment(params, name, section, key)
+    except ConfigError as err:
+        if not err.key.startswith(f"{key}."):
+            raise
+        origin = where_set(params, name, section, err.key[len(key) + 1 :])
+        raise ConfigError(origin, err.reason) from None
+
+
+def _load_experiment(params: dict, name: str, section: str, key: str) -> Experiment:
     block = resolve_block(params, name, section)
     grids = _grids(block.get("grid"), f"{key}.grid")
     axes: list[str] = []
