@@ -112,3 +112,14 @@ def test_each_gpu_worker_sees_only_its_own_gpu():
     # an inherited narrowing keeps its own numbering (or UUIDs)
     assert worker_visible_devices("cuda:1", "2, 5") == "5"
     assert worker_visible_devices("cuda:0", "GPU-ab12,GPU-cd34") == "GPU-ab12"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for GPUs a CPU machine lacks")
+def test_gpus_asked_for_on_a_machine_without_them_is_a_params_error():
+    """One line naming engine.devices (a ConfigError, which a stage prints as one line and
+    exits 2), not a traceback."""
+    from grokpipe.config.schema import ConfigError
+    from grokpipe.train.runner import EngineConfig
+
+    with pytest.raises(ConfigError, match=r"^engine\.devices: asks for GPUs \[5\]"):
+        EngineConfig(devices=[5]).device_names()

@@ -120,15 +120,17 @@ class EngineConfig:
 
     def device_names(self) -> list[str]:
         if self.devices == "cpu" or not torch.cuda.is_available():
-            if isinstance(self.devices, list) and self.devices:
-                raise RuntimeError(f"engine.devices asks for GPUs {self.devices}, none visible")
+            check(
+                not (isinstance(self.devices, list) and self.devices),
+                "engine.devices",
+                f"asks for GPUs {self.devices}, but none is visible",
+            )
             return ["cpu"]
         if self.devices == "auto":
             return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
         n = torch.cuda.device_count()
         for i in self.devices:
-            if not 0 <= i < n:
-                raise RuntimeError(f"engine.devices names GPU {i}; {n} visible")
+            check(0 <= i < n, "engine.devices", f"names GPU {i}, but {n} are visible (0-{n - 1})")
         return [f"cuda:{i}" for i in self.devices]
 
     def cpu_processes(self, n_jobs: int) -> tuple[int, int | None]:
