@@ -16,12 +16,16 @@ from pathlib import Path
 
 from grokpipe.config.schema import ConfigError
 
+# the temporary sibling of an output being written; one left behind by a killed process is
+# not an output (the next write of that output removes it first)
+PARTIAL_SUFFIX = ".partial"
+
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a fresh temporary directory that replaces `path` when the block succeeds."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
+    tmp = path.with_name(path.name + PARTIAL_SUFFIX)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -38,7 +42,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 def atomic_file(path: str | Path, mode: str = "w") -> Iterator:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
+    tmp = path.with_name(path.name + PARTIAL_SUFFIX)
     try:
         with open(tmp, mode) as fh:
             yield fh

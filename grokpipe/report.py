@@ -11,6 +11,8 @@ import html
 import json
 from pathlib import Path
 
+from grokpipe.io import PARTIAL_SUFFIX
+
 # the per-condition table's columns: a selection of `grokking.RUN_FIELDS`
 TABLE_FIELDS = (
     "memorized_at",
@@ -95,7 +97,8 @@ def build(reports: Path) -> str:
             body.append(_figures(figures_dir / name))
         sections.append("<section>" + "".join(body) + "</section>")
     listed = {p.stem for p in metrics_dir.glob("*.json")}
-    for folder in sorted(p for p in figures_dir.iterdir() if p.is_dir()):
+    folders = (p for p in figures_dir.iterdir() if p.is_dir())
+    for folder in sorted(p for p in folders if not p.name.endswith(PARTIAL_SUFFIX)):
         if folder.name not in listed:
             sections.append(
                 f'<section><h2 id="{folder.name}">{folder.name}</h2>{_figures(folder)}</section>'
