@@ -146,6 +146,16 @@ def test_repro_then_cached_then_one_param_change(repo):
         assert (work / f"reports/figures/toyfit_{name}/fits.png").is_file()
     transfer = json.loads((work / "reports/metrics/transfer.json").read_text())
     assert set(transfer["conditions"]) == {"init_from=scratch", "init_from=signed:op=int_x-y"}
+    # what the fine-tuned run started from: its source, whether that grokked (these 120 steps
+    # are too few, which the stage says), and the share of validation rows int_x-y already
+    # answers (the even divisors, about half)
+    facts = transfer["analyses"]["transfer"]
+    (tuned,) = facts["runs"].values()
+    assert tuned["source"] == "signed/r0000"
+    assert 0.3 < tuned["head_start_val_acc"] < 0.7
+    assert f"transfer: {facts['verdict']}" in first
+    if tuned["source_grokked_at"] is None:
+        assert "fine-tunes a model that did not grok" in first
     toy = json.loads((work / "reports/metrics/toy_model.json").read_text())
     assert toy
     assert (work / "reports/index.html").stat().st_size > 10_000

@@ -110,3 +110,18 @@ def symmetry_score(data: TaskData) -> float:
     lookup = {(a, b): r for a, b, r in zip(x.tolist(), y.tolist(), c.tolist())}
     both = [(a, b) for (a, b) in lookup if (b, a) in lookup]
     return float(np.mean([lookup[(a, b)] == lookup[(b, a)] for a, b in both]))
+
+
+def answer_agreement(cfg: ArithmeticData, data: TaskData, rows: np.ndarray, op_name: str):
+    """Share of `rows` of `data` (the table of `cfg`) whose answer is also operation
+    `op_name`'s answer to the same operands: the accuracy on them of a model that knows only
+    `op_name`. Seed 002's transfer fine-tunes a grokked int_x−y model on the asymmetric task,
+    which is int_x−y wherever the divisor is even. None where the two operations' alphabets
+    differ (another kind), so that their tokens mean other values."""
+    if OPERATIONS[op_name].kind != OPERATIONS[cfg.op].kind:
+        return None
+    source = build_table(op_name, cfg.p)
+    answer = dict(zip(zip(source.x.tolist(), source.y.tolist()), source.c.tolist()))
+    x, y, c = (data.extras[k][rows].tolist() for k in ("x", "y", "c"))
+    hits = [answer.get(pair) == v for pair, v in zip(zip(x, y), c)]
+    return float(np.mean(hits)) if hits else None
