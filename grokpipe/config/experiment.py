@@ -95,12 +95,10 @@ class EvalConfig:
 
     every: int = 100
     log_points: int = 40
-    chunk: int = 8192  # rows per evaluation forward pass (memory bound, not results)
 
     def validate(self, key: str) -> None:
         check(self.every >= 1, f"{key}.every", "must be a positive integer")
         check(self.log_points >= 0, f"{key}.log_points", "must be non-negative")
-        check(self.chunk >= 1, f"{key}.chunk", "must be positive")
 
     def steps(self, total: int) -> list[int]:
         import numpy as np
