@@ -199,7 +199,7 @@ def resolve_block(params: dict, name: str, section: str = "experiments") -> dict
         f"{key}.task",
         f"expected one of {sorted(TASKS)}, got {task!r}",
     )
-    defaults = (params.get("defaults") or {}).get(task) if isinstance(task, str) else None or {}
+    defaults = (params.get("defaults") or {}).get(task) or {}
 
     def effective(b: dict) -> dict:
         own = _without_quick(b)
