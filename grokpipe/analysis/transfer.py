@@ -16,15 +16,18 @@ def transfer_verdict(facts: dict, metrics: dict) -> str:
     heads = [f["head_start_val_acc"] for f in facts.values() if f["head_start_val_acc"] is not None]
     parts = [f"{grokked}/{len(facts)} source runs grokked"]
     if heads:
+        lo, hi = f"{min(heads):.2f}", f"{max(heads):.2f}"
         parts.append(
-            f"the source task's answers are right on {min(heads):.2f}-{max(heads):.2f} of the "
-            "validation rows before fine-tuning"
+            f"the source task's answers are right on {lo if lo == hi else f'{lo}-{hi}'} of "
+            "the validation rows before fine-tuning"
         )
 
     def arm(name: str, c: dict) -> str:
+        mem = c["memorized_at"]["mean"]
+        memorised = "never memorised" if mem is None else f"memorised at {fmt_steps(mem)}"
         return (
-            f"{name}: {c['grokked_seeds']}/{c['seeds']} grok, memorised at "
-            f"{fmt_steps(c['memorized_at']['mean'])}, final val {c['final_val_acc']['mean']:.3f}"
+            f"{name}: {c['grokked_seeds']}/{c['seeds']} grok, {memorised}, "
+            f"final val {c['final_val_acc']['mean']:.3f}"
         )
 
     arms = [arm("fine-tuned", c) for c in tuned] + ([arm("scratch", scratch)] if scratch else [])
