@@ -57,7 +57,8 @@ def _curves(ctx: FigureContext, metric: str, ylabel: str, logy: bool):
         f"{ctx.exp.title}: {ylabel.lower()} vs optimisation step "
         f"(mean ± sd over {seeds} seed{'s' if seeds > 1 else ''})"
         + ("\nruns that stopped at 99 % validation hold their last evaluation" if held else ""),
-        y=1.0 + (0.04 / rows if held else 0.0),
+        y=1.0,
+        va="bottom" if held else "top",  # a second line grows up, clear of the panels
     )
     # fixed spacing: tight_layout over many log-scaled panels costs seconds per figure
     fig.subplots_adjust(hspace=0.55 if rows > 1 else 0.3, wspace=0.08, top=1 - 0.55 / (2.8 * rows))
