@@ -36,7 +36,12 @@ def short_params() -> dict:
         quick.setdefault("train", {}).update(steps=STEPS[task], checkpoint_every=STEPS[task])
         quick.setdefault("eval", {}).update(every=STEPS[task] // 6, log_points=4)
     for exp in params["experiments"].values():
-        exp.setdefault("quick", {}).get("train", {}).pop("steps", None)  # the task's budget
+        # an experiment's own setting wins over the defaults' quick block, so the budget is
+        # cut in each experiment's quick block too (parity_rate_limiting sets 100 000 steps)
+        steps = STEPS[exp["task"]]
+        exp.setdefault("quick", {}).setdefault("train", {}).update(
+            steps=steps, checkpoint_every=steps
+        )
     return params
 
 
@@ -54,6 +59,7 @@ def trained(tmp_path_factory):
         engine = engine_config(params)
         for name in params["experiments"]:
             exp = check_experiment(params, name)
+            assert {r.config.train.steps for r in exp.runs} == {STEPS[exp.task]}, name
             store.write(f"data/datasets/{name}", exp)
             train_experiment(exp, assemble(exp, *store.read(f"data/datasets/{name}", exp)), engine)
             evaluate(exp, "quick")
