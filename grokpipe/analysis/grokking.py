@@ -160,18 +160,18 @@ def held_after_stop(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
     would average only the seeds still training, and each seed that grokked and stopped would
     pull the mean validation curve back down."""
     h = history.merge(runs[["run_id", "condition"]], on="run_id").sort_values(
-        ["run_id", "step"], kind="stable"
+        ["run_id", "step"], kind="stable", ignore_index=True
     )
-    held = [h.assign(stopped=False)]
-    for _, part in h.groupby("condition", sort=False):
-        steps = np.unique(part["step"].to_numpy())
-        last = part.groupby("run_id", sort=False).tail(1)
-        for _, row in last.iterrows():
-            later = steps[steps > row["step"]]
-            if len(later):
-                tail = pd.DataFrame([row] * len(later)).assign(step=later, stopped=True)
-                held.append(tail.astype(h.dtypes.to_dict()))
-    out = pd.concat(held, ignore_index=True)
+    steps_of = {c: np.unique(part["step"].to_numpy()) for c, part in h.groupby("condition")}
+    last = h.groupby("run_id", sort=False).tail(1)
+    # each stopped run's last row, repeated at its condition's later steps
+    rows, steps = [np.zeros(0, np.int64)], [np.zeros(0, h["step"].dtype)]
+    for i, cond, stop in zip(last.index, last["condition"], last["step"]):
+        later = steps_of[cond][steps_of[cond] > stop]
+        rows.append(np.full(len(later), i))
+        steps.append(later)
+    tail = h.loc[np.concatenate(rows)].assign(step=np.concatenate(steps), stopped=True)
+    out = pd.concat([h.assign(stopped=False), tail], ignore_index=True)
     return out.sort_values(["run_id", "step"], kind="stable").drop(columns="condition")
 
 
