@@ -247,8 +247,10 @@ def value_counts(ctx: FigureContext) -> list:
         palette={"grokked (mean step)": "#4c72b0", "never grokked": "#d62728"},
     )
     for _, row in plotted.iterrows():
+        k, n = row["grokked_seeds"], row["seeds"]
+        partial = 0 < k < n  # its mean step is over the seeds that grokked
         ax.annotate(
-            row["dataset"],
+            f"{row['dataset']} ({k}/{n} grokked)" if partial else row["dataset"],
             (row["symmetry"], row["steps"]),
             fontsize=7,
             xytext=(4, 2),
