@@ -31,9 +31,8 @@ from stages.train import train_experiment, use_project_compile_cache
 NAME = "transfer"
 
 
-def source_weights(params: dict, init_from: str, seed: int) -> dict:
-    """Final weights of the source run named by `init_from` with this `seed`."""
-    src, run = source_run(params, init_from, seed)
+def source_weights(src, run) -> dict:
+    """Final weights of run `run` of the source experiment `src`."""
     path = Path("data/runs") / src.name
     if not (path / "weights").is_dir():
         raise ConfigError(
@@ -58,38 +57,34 @@ def source_run(params: dict, init_from: str, seed: int):
     )
 
 
-def source_facts(params: dict, members) -> dict:
-    """Per fine-tuned run: the source run, whether and when it grokked, and its head start:
-    the share of this run's validation rows that the source task's answers already get
-    right. A source that never grokked is named on the console: the comparison is then not
-    the one seed 002 makes."""
-    facts, histories = {}, {}
-    for m in members:
-        if m.config.train.init_from == "scratch":
-            continue
-        src, run = source_run(params, m.config.train.init_from, m.config.seed)
-        if src.name not in histories:
-            path = Path("data/runs") / src.name
-            histories[src.name] = grokking.per_run(
-                runstore.read_runs(path), runstore.read_history(path)
-            ).set_index("run_id")
-        row = histories[src.name].loc[run.run_id]
-        grokked = None if pd.isna(row["grokked_at"]) else int(row["grokked_at"])
-        facts[m.run_id] = {
-            "source": f"{src.name}/{run.run_id}",
-            "source_grokked_at": grokked,
-            "source_final_val_acc": float(row["final_val_acc"]),
-            "head_start_val_acc": answer_agreement(
-                m.config.data, m.data, m.val_idx, run.config.data.op
-            ),
-        }
-        if grokked is None:
-            print(
-                f"{NAME}: warning: source {src.name}/{run.run_id} (seed {m.config.seed}) never "
-                f"reached 99 % validation (final {row['final_val_acc']:.3f}): run {m.run_id} "
-                "fine-tunes a model that did not grok"
-            )
-    return facts
+def source_fact(src, run, member, source_table) -> dict:
+    """What fine-tuned `member` starts from: its source run, whether and when that grokked,
+    and its head start, the share of the member's validation rows that the source task's
+    answers already get right. A source that never grokked is named on the console: the
+    comparison is then not the one seed 002 makes."""
+    row = source_table.loc[run.run_id]
+    grokked = None if pd.isna(row["grokked_at"]) else int(row["grokked_at"])
+    if grokked is None:
+        print(
+            f"{NAME}: warning: source {src.name}/{run.run_id} (seed {member.config.seed}) never "
+            f"reached 99 % validation (final {row['final_val_acc']:.3f}): run {member.run_id} "
+            "fine-tunes a model that did not grok"
+        )
+    return {
+        "source": f"{src.name}/{run.run_id}",
+        "source_grokked_at": grokked,
+        "source_final_val_acc": float(row["final_val_acc"]),
+        "head_start_val_acc": answer_agreement(
+            member.config.data, member.data, member.val_idx, run.config.data.op
+        ),
+    }
+
+
+def source_table(name: str):
+    """The source experiment's per-run measurements (`grokking.per_run`), by run id."""
+    path = Path("data/runs") / name
+    runs, history = runstore.read_runs(path), runstore.read_history(path)
+    return grokking.per_run(runs, history).set_index("run_id")
 
 
 @stage_main
@@ -100,10 +95,15 @@ def main() -> None:
     fit_config(params)  # a bad toy_model.fit key fails here, not after the training
     engine = engine_config(params)
     members = build_members(exp)
+    facts, tables = {}, {}
     for m in members:
-        if m.config.train.init_from != "scratch":
-            m.init_params = source_weights(params, m.config.train.init_from, m.config.seed)
-    facts = source_facts(params, members)
+        if m.config.train.init_from == "scratch":
+            continue
+        src, run = source_run(params, m.config.train.init_from, m.config.seed)
+        m.init_params = source_weights(src, run)
+        if src.name not in tables:
+            tables[src.name] = source_table(src.name)
+        facts[m.run_id] = source_fact(src, run, m, tables[src.name])
     train_experiment(exp, members, engine)
     analyze(exp, params)
     # the head start and the sources beside the grokking metrics, in the file analyze wrote
