@@ -275,33 +275,35 @@ def build_run_config(block: dict, key: str) -> RunConfig:
     return RunConfig(block["task"], seed, data, family, model, train, evaluation)
 
 
-def _has_path(tree, dotted: str) -> bool:
+_MISSING = object()
+
+
+def _at_path(tree, dotted: str):
+    """tree[a][b][c] for `a.b.c`, or _MISSING where a mapping lacks a part."""
     for part in dotted.split("."):
         if not isinstance(tree, dict) or part not in tree:
-            return False
+            return _MISSING
         tree = tree[part]
-    return True
+    return tree
 
 
-def where_set(params: dict, name: str, section: str, dotted: str) -> str:
+def where_set(params: dict, key: str, dotted: str) -> str:
     """The params.yaml key that sets `dotted` (a key of the merged block, e.g. `train.lr`)
-    for this experiment, the one of highest precedence (`resolve_block`): its quick block
-    (under the quick preset), the block itself, the defaults' quick block, the defaults.
-    `dotted` under the block's own key where none sets it (a grid value, a missing key)."""
-    key = f"experiments.{name}" if section == "experiments" else section
-    block = (params.get("experiments") or {}).get(name) if section == "experiments" else None
-    block = block if block is not None else params.get(section)
+    for the block at `key` (`experiments.<name>`, or a section such as `transfer`), the one
+    of highest precedence (`resolve_block`): its quick block (under the quick preset), the
+    block itself, the defaults' quick block, the defaults. `dotted` under `key` where none
+    sets it (a grid value, a missing key)."""
+    block = _at_path(params, key)
     task = block.get("task") if isinstance(block, dict) else None
     defaults = (params.get("defaults") or {}).get(task) if isinstance(task, str) else None
     quick = params.get("preset", "full") == "quick"
-    places = [(f"{key}.quick", (block or {}).get("quick"))] if quick else []
-    places.append((key, block))
+    places = [f"{key}.quick"] if quick else []
+    places.append(key)
     if isinstance(defaults, dict):
-        if quick:
-            places.append((f"defaults.{task}.quick", defaults.get("quick")))
-        places.append((f"defaults.{task}", defaults))
-    for prefix, tree in places:
-        if _has_path(tree, dotted):
+        places += [f"defaults.{task}.quick"] if quick else []
+        places.append(f"defaults.{task}")
+    for prefix in places:
+        if _at_path(params, f"{prefix}.{dotted}") is not _MISSING:
             return f"{prefix}.{dotted}"
     return f"{key}.{dotted}"
 
@@ -316,7 +318,7 @@ def load_experiment(params: dict, name: str, section: str = "experiments") -> Ex
     except ConfigError as err:
         if not err.key.startswith(f"{key}."):
             raise
-        origin = where_set(params, name, section, err.key[len(key) + 1 :])
+        origin = where_set(params, key, err.key[len(key) + 1 :])
         raise ConfigError(origin, err.reason) from None
 
 
