@@ -13,8 +13,9 @@ LR = [1e-2, 3e-3, 1e-3]
 WD = [1.0, 0.1, 0.0]
 
 
-def hyper(momentum=0.0, warmup=0):
-    return Hyper((0.9, 0.98), 1e-8, momentum, warmup, None, 0.0)
+def hyper(momentum=0.0, warmup=0, grokfast=None):
+    alpha, lamb = grokfast if grokfast else (None, 0.0)
+    return Hyper((0.9, 0.98), 1e-8, momentum, warmup, alpha, lamb)
 
 
 def stacked():
@@ -27,8 +28,12 @@ def grads_for(step):
     return {n: torch.randn(E, *s, generator=gen) for n, s in SHAPES.items()}
 
 
-def reference(optimizer, member, open_steps, n_steps, momentum=0.0):
-    """Member `member` trained alone by torch.optim, stepping only on `open_steps[name]`."""
+def reference(optimizer, member, open_steps, n_steps, momentum=0.0, grokfast=None):
+    """Member `member` trained alone by torch.optim, stepping only on `open_steps[name]`;
+    with `grokfast = (alpha, lamb)`, each gradient first goes through Grokfast's
+    `gradfilter_ema` as its authors wrote it (the EMA starts at the parameter's first
+    gradient)."""
+    ema = {}
     params = {n: t[member].clone().requires_grad_(True) for n, t in stacked().items()}
     opts = {}
     for n, p in params.items():
@@ -45,18 +50,31 @@ def reference(optimizer, member, open_steps, n_steps, momentum=0.0):
         for n, p in params.items():
             if step in open_steps[n]:
                 p.grad = g[n][member].clone()
+                if grokfast:
+                    alpha, lamb = grokfast
+                    ema.setdefault(n, p.grad.clone())
+                    ema[n] = ema[n] * alpha + p.grad * (1 - alpha)
+                    p.grad = p.grad + ema[n] * lamb
                 opts[n].step()
     return {n: p.detach() for n, p in params.items()}
 
 
-def engine(optimizer, gates_at, n_steps, momentum=0.0):
+def engine(optimizer, gates_at, n_steps, momentum=0.0, grokfast=None):
     params = stacked()
-    state = init_state(params, optimizer, momentum, grokfast=False)
+    state = init_state(params, optimizer, momentum, grokfast=grokfast is not None)
     lr, wd = torch.tensor(LR), torch.tensor(WD)
     for step in range(n_steps):
         t = torch.tensor(step + 1)
         apply_updates(
-            optimizer, params, grads_for(step), state, lr, wd, gates_at(step), t, hyper(momentum)
+            optimizer,
+            params,
+            grads_for(step),
+            state,
+            lr,
+            wd,
+            gates_at(step),
+            t,
+            hyper(momentum, grokfast=grokfast),
         )
     return params
 
@@ -90,3 +108,22 @@ def test_shut_gates_skip_the_step_per_member_and_parameter(optimizer, momentum):
         for n in SHAPES:
             torch.testing.assert_close(out[n][i], ref[n], rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(out["w"][2], stacked()["w"][2], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_grokfast_filter_matches_the_authors_gradfilter_ema(optimizer):
+    # member 1's "b" takes its first gradient only at step 3, so its EMA must start there
+    def gates_at(step):
+        g = torch.ones(E, len(SHAPES))
+        g[1, 1] = float(step >= 3)
+        return g
+
+    grokfast = (0.8, 2.0)
+    out = engine(optimizer, gates_at, 8, grokfast=grokfast)
+    for i in range(E):
+        opens = {n: range(8) for n in SHAPES}
+        if i == 1:
+            opens["b"] = range(3, 8)
+        ref = reference(optimizer, i, opens, 8, grokfast=grokfast)
+        for n in SHAPES:
+            torch.testing.assert_close(out[n][i], ref[n], rtol=1e-6, atol=1e-6)

@@ -155,9 +155,13 @@ def apply_updates(
     # the schedule is shared, so every column of `count` holds the same number
     count = state.count if not uniform else state.count[:, 0]
     if h.grokfast_alpha is not None:
-        a = h.grokfast_alpha
+        # As in Grokfast's `gradfilter_ema`, the filter starts from the first gradient a
+        # member's parameter takes (not from zero, which would damp the first ~1/(1-α) steps'
+        # amplification): at that update the EMA's decay is 0 and the gradient's weight 1.
+        later = count > 1
+        decay = torch.where(later, h.grokfast_alpha, 0.0)
         ema = [s["ema"] for s in S]
-        torch._foreach_mul_(ema, each(_gated(gates, a, 1.0)))
-        torch._foreach_add_(ema, torch._foreach_mul(G, each(_gated(gates, 1 - a, 0.0))))
+        torch._foreach_mul_(ema, each(_gated(gates, decay, 1.0)))
+        torch._foreach_add_(ema, torch._foreach_mul(G, each(_gated(gates, 1 - decay, 0.0))))
         G = torch._foreach_add(G, torch._foreach_mul(ema, h.grokfast_lamb))
     UPDATES[optimizer](P, G, S, count, lr, wd, gates, each, h)
