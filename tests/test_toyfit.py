@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from grokpipe.analysis.toyfit import Curves, fit_run, predict
+from grokpipe.analysis.toyfit import Curves, fit_run, predict, robust_bic
 from grokpipe.analysis.toyparams import FitConfig, fit_config, toy_model_params
 from grokpipe.config.schema import ConfigError
 
@@ -52,6 +53,25 @@ def test_heuristic_kept_only_when_it_earns_its_parameters():
     assert f["heuristic_timing"] == "before memorising"
     plain = fit_run(synthetic(GROKKING, False, seed=2), FAST, np.random.default_rng(0))
     assert plain["bic_gain_heuristic"] < FAST.heuristic_min_bic_gain
+
+
+def soft_l1_cost(r, f):
+    """scipy's `least_squares` cost for loss="soft_l1", f_scale f."""
+    return 0.5 * float(np.sum(f**2 * 2 * (np.sqrt(1 + (r / f) ** 2) - 1)))
+
+
+def test_bic_is_taken_in_the_robust_loss_the_fit_minimised():
+    rng = np.random.default_rng(0)
+    small = rng.normal(0, 1e-3, 200)  # every residual far below f: the Gaussian BIC
+    gaussian = 200 * math.log(float(np.sum(small**2)) / 200) + 6 * math.log(200)
+    assert robust_bic(soft_l1_cost(small, 0.05), 200, 6) == pytest.approx(gaussian, abs=0.05)
+    # one loss spike among 200 points of 0.01 noise: most of the RSS, a minority share of
+    # the robust cost, so the rest of the curve still decides between the models
+    noisy = rng.normal(0, 0.01, 200)
+    noisy[7] = 0.6
+    rss_share = noisy[7] ** 2 / float(np.sum(noisy**2))
+    robust_share = soft_l1_cost(noisy[7:8], 0.05) / soft_l1_cost(noisy, 0.05)
+    assert rss_share > 0.9 and robust_share < 0.75
 
 
 def test_run_that_never_grokks_is_reported_not_crashed():

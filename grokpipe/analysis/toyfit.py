@@ -181,7 +181,7 @@ def _residual_jacobian(theta, heuristic, c: Curves) -> np.ndarray:
 
 
 def fit_model(c: Curves, heuristic: bool, cfg: FitConfig, rng: np.random.Generator) -> dict:
-    """Best of several robust least-squares fits of one model; its RSS-based BIC and RMSEs."""
+    """Best of several robust least-squares fits of one model; its BIC (`robust_bic`) and RMSEs."""
     lo, hi = _bounds(c.x, heuristic)
 
     def solve(start, budget):
@@ -204,7 +204,8 @@ def fit_model(c: Curves, heuristic: bool, cfg: FitConfig, rng: np.random.Generat
     best = min(
         (solve(s, 200) for s in _starts(c, heuristic, cfg.restarts, rng)), key=lambda r: r.cost
     )
-    theta = solve(best.x, 1000).x
+    final = solve(best.x, 1000)
+    theta = final.x
     train, val = predict(theta, heuristic, c.steps)
     rt, rv = train - c.train, val - c.val
     r = np.concatenate([rt, rv])
@@ -216,13 +217,22 @@ def fit_model(c: Curves, heuristic: bool, cfg: FitConfig, rng: np.random.Generat
         "heuristic": heuristic,
         "n": n,
         "k": k,
-        "bic": n * math.log(max(rss, 1e-12) / n) + k * math.log(n),
+        "bic": robust_bic(final.cost, n, k),
         "rmse_train": _rms(rt),
         "rmse_val": _rms(rv),
         "mae_train": _median_abs(rt),
         "mae_val": _median_abs(rv),
         "rmse": float(np.sqrt(rss / n)),
     }
+
+
+def robust_bic(cost: float, n: int, k: int) -> float:
+    """The BIC of a soft-L1 fit, in the criterion it minimised: `least_squares` reports
+    cost = ½ Σ f²·ρ(r²/f²), which is ½ RSS where every residual is small against f, so 2·cost
+    takes RSS's place in the Gaussian form n·log(RSS/n) + k·log n. In RSS a single loss spike
+    (an accuracy drop of 0.6) outweighs a whole curve of small residuals, and the models would
+    be compared on how they miss the spike; in the robust cost it counts linearly."""
+    return n * math.log(max(2 * cost, 1e-12) / n) + k * math.log(n)
 
 
 def _rms(r: np.ndarray) -> float | None:
