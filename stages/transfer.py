@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from grokpipe import runstore
 from grokpipe.analysis import grokking
@@ -42,9 +43,24 @@ def source_weights(src, run) -> dict:
     return runstore.load_weights(path, run.run_id)
 
 
+def check_source_declared(experiment: str, pipeline: Path = Path("dvc.yaml")) -> None:
+    """Refuse a source experiment whose runs this stage reads without depending on them: DVC
+    re-runs a stage only when a declared dependency changes, so a fine-tuned run would keep
+    the weights of a source that has since been retrained."""
+    declared = yaml.safe_load(pipeline.read_text())["stages"][NAME].get("deps", [])
+    if f"data/runs/{experiment}" not in declared:
+        raise ConfigError(
+            f"{NAME}.train.init_from",
+            f"names experiment {experiment!r}, but the {NAME} stage in {pipeline} does not "
+            f"depend on data/runs/{experiment}, so retraining it would not re-run {NAME}; "
+            f"add data/runs/{experiment} to stages.{NAME}.deps",
+        )
+
+
 def source_run(params: dict, init_from: str, seed: int):
     """(source experiment, its run that `init_from` names with this seed)."""
     experiment, _, condition = init_from.partition(":")
+    check_source_declared(experiment)
     src = check_experiment(params, experiment, models=False)
     for run in src.runs:
         if run.config.seed == seed and runstore.condition_label(run.labels, src.axes) == condition:

@@ -385,3 +385,13 @@ def test_reading_configs_and_analysing_runs_imports_no_torch():
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_transfer_from_an_experiment_it_does_not_depend_on_is_refused():
+    from stages.transfer import check_source_declared
+
+    check_source_declared("signed", REPO / "dvc.yaml")  # the shipped source is declared
+    with pytest.raises(ConfigError) as err:
+        check_source_declared("ops", REPO / "dvc.yaml")
+    assert err.value.key == "transfer.train.init_from"
+    assert "data/runs/ops" in str(err.value) and "stages.transfer.deps" in str(err.value)
