@@ -395,3 +395,21 @@ def test_transfer_from_an_experiment_it_does_not_depend_on_is_refused():
         check_source_declared("ops", REPO / "dvc.yaml")
     assert err.value.key == "transfer.train.init_from"
     assert "data/runs/ops" in str(err.value) and "stages.transfer.deps" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("transfer", "transfer stage"),
+        ("toy_model", "toymodel stage"),
+        ("toyfit_ops", "toyfit_"),
+        ("a/b", "letters, digits"),
+        ("x y", "letters, digits"),
+    ],
+)
+def test_experiment_names_that_clash_with_other_outputs_are_refused(name, reason):
+    params = make_params()
+    params["experiments"] = {name: params["experiments"]["e"]}
+    with pytest.raises(ConfigError) as err:
+        check_experiment(params, name)
+    assert err.value.key == f"experiments.{name}" and reason in err.value.reason

@@ -33,6 +33,7 @@ def check_experiment(
     exp = load_experiment(params, name, section)
     key = f"experiments.{name}" if section == "experiments" else section
     if section == "experiments":
+        _check_name(name)
         for run in exp.runs:
             if run.config.train.init_from != "scratch":
                 raise ConfigError(
@@ -53,6 +54,25 @@ def check_experiment(
     if models:
         _check_models(exp, TASKS[exp.task], key)
     return exp
+
+
+# outputs of stages of their own, which share folders with the experiments' outputs
+# (data/runs/<name>, reports/metrics/<name>.json, reports/figures/<name>)
+RESERVED_NAMES = {"transfer": "the transfer stage", "toy_model": "the toymodel stage"}
+NAME_CHARACTERS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+def _check_name(name: str) -> None:
+    """An experiment's name becomes folder and file names of its outputs, and DVC's stage
+    names (`train@<name>`): one that another stage's outputs also use would have two stages
+    write the same path, which DVC refuses only after the params are written."""
+    key = f"experiments.{name}"
+    if not name or not set(name) <= NAME_CHARACTERS:
+        raise ConfigError(key, "a name may hold only letters, digits, '_' and '-'")
+    if name in RESERVED_NAMES:
+        raise ConfigError(key, f"the name is taken by {RESERVED_NAMES[name]}'s outputs")
+    if name.startswith("toyfit_"):
+        raise ConfigError(key, "names starting toyfit_ are taken by the toy-model fits' outputs")
 
 
 def _check_models(exp: Experiment, task, key: str) -> None:
