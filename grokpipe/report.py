@@ -13,7 +13,8 @@ from pathlib import Path
 
 from grokpipe.io import PARTIAL_SUFFIX
 
-# the per-condition table's columns: a selection of `grokking.RUN_FIELDS`
+# the per-condition table's columns: a selection of `grokking.RUN_FIELDS` (the page also
+# holds each metrics file whole, folded under the table)
 TABLE_FIELDS = (
     "memorized_at",
     "grokked_at",
@@ -91,6 +92,11 @@ def build(reports: Path) -> str:
             for kind, a in (m.get("analyses") or {}).items():
                 body.append(f"<p><b>{html.escape(kind)}</b>: {html.escape(a['verdict'])}</p>")
             body.append(conditions_table(m))
+            # the table is a selection: every field, the analyses' facts and the timings too
+            body.append(
+                f"<details><summary>all metrics ({html.escape(path.name)})</summary>"
+                f"{_json_block(m)}</details>"
+            )
         else:
             body.append(_json_block(m))
         if (figures_dir / name).is_dir():
