@@ -66,9 +66,13 @@ def _curves(ctx: FigureContext, metric: str, ylabel: str, logy: bool):
 
 
 def curves(ctx: FigureContext) -> list:
+    # evaluation scores the answer token only, also for runs trained on every next token
+    # (seed 002's seq2seq), so that the two losses are compared on the same quantity
+    seq = any(r.config.train.loss_on == "sequence" for r in ctx.exp.runs)
+    loss = "Answer-token loss" if seq else "Loss"
     return [
         save(_curves(ctx, "acc", "Accuracy", logy=False), ctx.out_dir / "accuracy.png"),
-        save(_curves(ctx, "loss", "Loss", logy=True), ctx.out_dir / "loss.png"),
+        save(_curves(ctx, "loss", loss, logy=True), ctx.out_dir / "loss.png"),
     ]
 
 
