@@ -8,9 +8,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.ticker import MaxNLocator
 
 from grokpipe.figures.context import FigureContext
-from grokpipe.figures.style import SPLIT_COLORS, SPLIT_NAMES, legend, mean_sd_line, save, wrap
+from grokpipe.figures.style import (
+    SPLIT_COLORS,
+    SPLIT_NAMES,
+    fixed_jitter,
+    label_hidden_neighbours,
+    legend,
+    mean_sd_line,
+    save,
+    wrap,
+)
 
 
 def _long(ctx: FigureContext, metric: str) -> pd.DataFrame:
@@ -39,7 +49,9 @@ def _curves(ctx: FigureContext, metric: str, ylabel: str, logy: bool):
     for ax, cond in zip(axes.flat, conditions):
         sub = data[data["condition"] == cond]
         for split, color in palette.items():
-            mean_sd_line(ax, sub[sub["split"] == split], "step", metric, color, label=split)
+            part = sub[sub["split"] == split]
+            bounds = (0.0, 1.0) if metric == "acc" else None
+            mean_sd_line(ax, part, "step", metric, color, label=split, clip=bounds, log=logy)
         if ax is axes.flat[0]:
             legend(ax, title="split", fontsize=8)
         ax.set_xlabel("step" if ax in axes[-1, :] else "")
@@ -52,10 +64,12 @@ def _curves(ctx: FigureContext, metric: str, ylabel: str, logy: bool):
         ax.set_ylabel(ylabel if ax in axes[:, 0] else "")
     for ax in list(axes.flat)[len(conditions) :]:
         ax.set_visible(False)
+    label_hidden_neighbours(axes)
     seeds = ctx.runs.groupby("condition").size().max()
+    spread = "geometric mean ×/÷ sd" if logy else "mean ± sd"
     fig.suptitle(
         f"{ctx.exp.title}: {ylabel.lower()} vs optimisation step "
-        f"(mean ± sd over {seeds} seed{'s' if seeds > 1 else ''})"
+        f"({spread} over {seeds} seed{'s' if seeds > 1 else ''})"
         + ("\nruns that stopped at 99 % validation hold their last evaluation" if held else ""),
         y=1.0,
         va="bottom" if held else "top",  # a second line grows up, clear of the panels
@@ -87,27 +101,39 @@ def grok_steps(ctx: FigureContext) -> list:
         ]
     )
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(conditions) + 1.6))
-    sns.stripplot(
-        long.dropna(subset=["step"]),
-        x="step",
-        y="condition",
-        hue="event",
-        order=conditions,
-        dodge=True,
-        jitter=False,
-        size=6,
-        alpha=0.8,
-        ax=ax,
-        palette={"memorised (train ≥ 99%)": "#7f7f7f", "grokked (validation ≥ 99%)": "#d62728"},
-    )
+    with fixed_jitter():  # seeds at the same step (evaluations are every 100) stay apart
+        sns.stripplot(
+            long.dropna(subset=["step"]),
+            x="step",
+            y="condition",
+            hue="event",
+            order=conditions,
+            dodge=True,
+            jitter=0.12,
+            size=6,
+            alpha=0.8,
+            ax=ax,
+            palette={
+                "memorised (train ≥ 99%)": "#7f7f7f",
+                "grokked (validation ≥ 99%)": "#d62728",
+            },
+        )
     ax.set_xscale("log")
     ax.set_xlim(right=ctx.budget * 1.5)
     for i, cond in enumerate(conditions):
         g = t[t["condition"] == cond]
-        missing = g["grokked_at"].isna().sum()
-        if missing:
+        # a run that never fit its training set did not fail to generalise: it failed first
+        notes = [
+            f"{n}/{len(g)} never {event}"
+            for n, event in (
+                (g["memorized_at"].isna().sum(), "memorised"),
+                (g["grokked_at"].isna().sum(), "grokked"),
+            )
+            if n
+        ]
+        if notes:
             ax.annotate(
-                f"{missing}/{len(g)} never grokked in {ctx.budget:,} steps",
+                f"{', '.join(notes)} in {ctx.budget:,} steps",
                 xy=(1.0, i),
                 xycoords=("axes fraction", "data"),
                 xytext=(4, 0),
@@ -172,14 +198,19 @@ def fraction_sweep(ctx: FigureContext) -> list:
         if not by_frac.any():
             lines.append(f"{op}: no seed groks at any fraction")
         elif not by_frac.iloc[0]:
+            # the threshold lies between the highest fraction tried below the first that
+            # grokked and that one: say both, not a sharper line than the grid measured
             lowest = by_frac[by_frac].index.min()
-            lines.append(f"{op}: no seed groks below {lowest:g}")
-            ax.axvline(lowest, color=palette[op], lw=0.8, ls="--", alpha=0.6)
+            below = by_frac[by_frac.index < lowest].index.max()
+            lines.append(f"{op}: no seed groks at ≤ {below:g}; first grokking at {lowest:g}")
+            ax.axvspan(below, lowest, color=palette[op], alpha=0.06, lw=0)
     ax.axhline(ceiling, color="k", lw=0.6, ls=":")
     ax.text(
-        ax.get_xlim()[0],
-        ceiling,
-        f" budget {ceiling:,} steps (× = no seed grokked)",
+        0.99,
+        ceiling * 1.06 ** len(ops),  # above every op's row of crosses
+        f"budget {ceiling:,} steps (× = no seed grokked)",
+        transform=ax.get_yaxis_transform(),
+        ha="right",
         va="bottom",
         fontsize=8,
     )
@@ -230,6 +261,7 @@ def value_counts(ctx: FigureContext) -> list:
         ax.bar(values, counts, width=1.0, color="#4c72b0")
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("result value", fontsize=8)
+        ax.set_ylabel("pairs (a, b)" if ax in axes[:, 0] else "", fontsize=8)
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
     fig.suptitle(f"{ctx.exp.title}: distribution of result values per operation", y=1.0)
@@ -260,7 +292,12 @@ def value_counts(ctx: FigureContext) -> list:
             xytext=(4, 2),
             textcoords="offset points",
         )
+    if (summary["grokked_at"].isna()).any():
+        ax.axhline(ctx.budget, color="k", lw=0.6, ls=":")
+        ax.text(0.01, ctx.budget, f" never grokked: plotted at the budget, {ctx.budget:,} steps",
+                transform=ax.get_yaxis_transform(), va="bottom", fontsize=8)  # fmt: skip
     ax.set_yscale("log")
+    ax.set_xlim(-0.02, 1.02)  # the whole range: two tables at 0.02 are not far apart
     ax.set_xlabel("symmetry score: share of pairs with a∘b = b∘a")
     ax.set_ylabel("steps until validation accuracy ≥ 99%")
     ax.set_title(f"{ctx.exp.title}: table symmetry vs speed of grokking")
@@ -284,10 +321,13 @@ def post_grok_drops(ctx: FigureContext) -> list:
             ax.set_axis_off()
     else:
         conditions = list(dict.fromkeys(t["condition"]))
-        sns.stripplot(
-            t, x="post_grok_drops", y="condition", order=conditions, jitter=False, size=6,
-            color="#d62728", alpha=0.8, ax=left,
-        )  # fmt: skip
+        with fixed_jitter():  # seeds with the same count of falls stay apart
+            sns.stripplot(
+                t, x="post_grok_drops", y="condition", order=conditions, jitter=0.2, size=6,
+                color="#d62728", alpha=0.8, ax=left,
+            )  # fmt: skip
+        left.xaxis.set_major_locator(MaxNLocator(integer=True))  # counts
+        left.set_xlim(left=-0.5)
         for i, cond in enumerate(conditions):
             low = t.loc[t["condition"] == cond, "post_grok_min_val_acc"].min()
             if pd.notna(low):
@@ -298,7 +338,10 @@ def post_grok_drops(ctx: FigureContext) -> list:
         left.set_xlabel(f"falls below {DROP_BELOW:.0%} validation accuracy after grokking")
         left.set_ylabel("")
         left.set_title("runs that grokked, one dot per seed", fontsize=10)
-        by_falls = t.sort_values("post_grok_drops", ascending=False)
+        # ties broken by the deepest fall, the run whose "lowest" the left panel names
+        by_falls = t.sort_values(
+            ["post_grok_drops", "post_grok_min_val_acc"], ascending=[False, True]
+        )
         worst = by_falls.drop_duplicates("condition").head(3)
         h = ctx.history
         for _, run in worst.iterrows():
@@ -306,6 +349,8 @@ def post_grok_drops(ctx: FigureContext) -> list:
             label = f"{run['condition']}, seed {run['seed']}"
             right.plot(trace["step"], trace["val_acc"], lw=0.8, label=label)
         right.axhline(DROP_BELOW, color="#7f7f7f", lw=0.8, ls=":")
+        right.text(0.01, DROP_BELOW, f" {DROP_BELOW:.0%}: a fall counts below this",
+                   transform=right.get_yaxis_transform(), va="bottom", fontsize=8)  # fmt: skip
         right.set_xlabel("optimisation step")
         right.set_ylabel("validation accuracy")
         right.set_title(

@@ -23,7 +23,14 @@ import seaborn as sns
 
 from grokpipe.analysis import parity as verdicts
 from grokpipe.figures.context import FigureContext
-from grokpipe.figures.style import SPLIT_COLORS, legend, mean_sd_line, save
+from grokpipe.figures.style import (
+    SPLIT_COLORS,
+    label_hidden_neighbours,
+    legend,
+    mean_sd_line,
+    readable_log_axis,
+    save,
+)
 
 FIRST, LAST = "#1f77b4", "#ff7f0e"
 
@@ -82,6 +89,7 @@ def parity_curves(ctx: FigureContext) -> list:
                 f"{split}_acc",
                 SPLIT_COLORS[split],
                 label=name if ax is axes.flat[0] else None,
+                clip=(0.0, 1.0),
                 linewidth=1.3,
             )
         m = ctx.table[ctx.table["condition"] == cond]
@@ -97,7 +105,8 @@ def parity_curves(ctx: FigureContext) -> list:
         ax.set_ylim(0.35, 1.03)
     for ax in list(axes.flat)[len(conditions) :]:
         ax.set_visible(False)
-    legend(axes.flat[0], fontsize=8, loc="lower right")
+    label_hidden_neighbours(axes)
+    legend(axes.flat[0], fontsize=8, loc="best")
     fig.supxlabel(f"optimisation step (log; {_seed_note(ctx)})", fontsize=9)
     titled(fig, ctx, ctx.exp.analyses)
     return [save(fig, ctx.out_dir / "parity_curves.png")]
@@ -120,7 +129,8 @@ def _sweep_panels(ctx, series: dict[str, tuple[pd.DataFrame, str]], x: str, xlab
         if fin:
             a1.plot(*zip(*fin), "-o", color=color, lw=1.8, ms=5, label=f"{label}: median")
         g = t.dropna(subset=["grokked_at"])
-        a1.scatter(g["_x"], g["grokked_at"], color=color, s=18, alpha=0.6)
+        # above the median lines: a seed at another series' median is otherwise hidden
+        a1.scatter(g["_x"], g["grokked_at"], color=color, s=18, alpha=0.6, zorder=3)
         never = t[t["grokked_at"].isna()].groupby("_x").size()
         if len(never):
             a1.scatter(never.index, [ceiling] * len(never), marker="x", color=color, s=60)
@@ -130,14 +140,19 @@ def _sweep_panels(ctx, series: dict[str, tuple[pd.DataFrame, str]], x: str, xlab
                     color=color, fontsize=8,
                 )  # fmt: skip
         acc = t.groupby("_x")["final_val_acc"].agg(["mean", "std"]).reset_index()
+        sd = acc["std"].fillna(0)
+        # ± sd, cut at the accuracies that exist
+        below = acc["mean"] - (acc["mean"] - sd).clip(lower=0)
+        above = (acc["mean"] + sd).clip(upper=1) - acc["mean"]
         a2.errorbar(
-            acc["_x"], acc["mean"], yerr=acc["std"].fillna(0), color=color, marker="o",
+            acc["_x"], acc["mean"], yerr=[below, above], color=color, marker="o",
             capsize=3, label=label,
         )  # fmt: skip
     a1.axhline(budget, color="k", lw=0.6, ls=":")
     a1.text(0.01, budget, f" budget {budget:,} steps; × = seeds that never grok", fontsize=8,
             va="bottom", transform=a1.get_yaxis_transform())  # fmt: skip
     a1.set_yscale("log")
+    readable_log_axis(a1.yaxis)
     a1.set_ylabel("steps until validation accuracy ≥ 99%")
     a2.set_ylabel("final validation accuracy")
     a2.axhline(0.5, color="k", lw=0.5, ls=":")
@@ -196,13 +211,14 @@ def parity_init_scale(ctx: FigureContext) -> list:
         if fin:
             a1.plot(*zip(*fin), "-o", color=color, label=f"{label}, median")
         g = t.dropna(subset=[col])
-        a1.scatter(g["scale"], g[col], color=color, s=16, alpha=0.5)
+        a1.scatter(g["scale"], g[col], color=color, s=16, alpha=0.5, zorder=3)
         never = t[t[col].isna()].groupby("scale").size()
         if len(never):
             a1.scatter(never.index, [budget * 1.25] * len(never), marker="x", color=color, s=60)
     a1.axhline(budget, color="k", lw=0.6, ls=":")
     a1.set_xscale("log")
     a1.set_yscale("log")
+    readable_log_axis(a1.yaxis)
     a1.set_xticks(scales)
     a1.set_xticklabels([f"{s:g}" for s in scales])
     a1.minorticks_off()
@@ -214,7 +230,9 @@ def parity_init_scale(ctx: FigureContext) -> list:
     palette = dict(zip(scales, sns.color_palette("viridis", len(scales))))
     for s in scales:
         sub = h[h["scale"] == s]
-        mean_sd_line(a2, sub, "step", "val_acc", palette[s], label=f"×{s:g} validation")
+        mean_sd_line(
+            a2, sub, "step", "val_acc", palette[s], label=f"×{s:g} validation", clip=(0.0, 1.0)
+        )
         mean_sd_line(
             a2, sub, "step", "train_acc", palette[s], band=False, linestyle="--", linewidth=0.9
         )
@@ -248,7 +266,8 @@ def parity_frozen(ctx: FigureContext) -> list:
             sub = h[(h["depth"] == d) & (h["frozen"] == fz)]
             if sub.empty:
                 continue
-            mean_sd_line(ax, sub, "step", "val_acc", colors[fz], label=f"{names[fz]}: validation")
+            mean_sd_line(ax, sub, "step", "val_acc", colors[fz], label=f"{names[fz]}: validation",
+                         clip=(0.0, 1.0))  # fmt: skip
             mean_sd_line(ax, sub, "step", "train_acc", colors[fz], label=f"{names[fz]}: train",
                          band=False, linestyle="--", linewidth=0.9)  # fmt: skip
         ax.set_xscale("log")
