@@ -34,7 +34,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if path.exists():
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        # moved aside in one rename, then deleted: a kill during the delete leaves the new
+        # output whole beside a leftover `.old.partial`, never a half-deleted old one at `path`
+        old = path.with_name(path.name + ".old" + PARTIAL_SUFFIX)
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+        return
     os.replace(tmp, path)
 
 

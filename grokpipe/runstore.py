@@ -52,7 +52,10 @@ def write(path: str | Path, exp: Experiment, results: dict, timings: list[dict])
 
             (tmp / "weights").mkdir()
             for run in exp.runs:
-                torch.save(results[run.run_id].final_params, tmp / "weights" / f"{run.run_id}.pt")
+                params = results[run.run_id].final_params
+                if not params:  # a result trained without keeping them: never an empty file
+                    raise RuntimeError(f"{run.run_id}: its result holds no final weights")
+                torch.save(params, tmp / "weights" / f"{run.run_id}.pt")
 
 
 def read_runs(path: str | Path) -> pd.DataFrame:

@@ -223,6 +223,100 @@ def test_early_stop_and_compaction_match_runs_alone(tmp_path):
     assert stopped >= 3
 
 
+def test_a_kill_at_a_compaction_resumes_shrinking_at_the_same_steps(tmp_path, monkeypatch):
+    """Killed while its ensemble shrinks, a job resumes from the checkpoint of that step and
+    shrinks there first: the same ensembles at the same steps, the same results, and every
+    ensemble's steps counted in the timing."""
+    from grokpipe.train import ensemble
+
+    grid = {"seed": [0, 1, 2], "train.lr": [3e-3, 1e-2]}
+    b = block(grid, steps=800, every=20, early_stop=0.2, checkpoint_every=100000)
+    members = members_from_block(b)
+    engine = EngineConfig(devices="cpu", progress=False)
+    real, shrinks = ensemble.EnsembleTrainer.subset, []
+
+    def recorded(self, keep):
+        shrinks.append((self.step_host, self.E, len(keep)))
+        return real(self, keep)
+
+    monkeypatch.setattr(ensemble.EnsembleTrainer, "subset", recorded)
+    clean, clean_timing = train_members(members, engine, tmp_path / "clean", "t")
+    clean_shrinks, shrinks[:] = list(shrinks), []
+    assert clean_shrinks, "the test needs a compaction"
+
+    class Killed(BaseException):
+        pass
+
+    def killed(self, keep):
+        raise Killed
+
+    monkeypatch.setattr(ensemble.EnsembleTrainer, "subset", killed)
+    with pytest.raises(Killed):
+        train_members(members, engine, tmp_path / "ck", "t")
+    monkeypatch.setattr(ensemble.EnsembleTrainer, "subset", recorded)
+    resumed, timing = train_members(members, engine, tmp_path / "ck", "t")
+    assert shrinks == clean_shrinks
+    assert timing[0]["model_steps"] == clean_timing[0]["model_steps"]
+    for m in members:
+        for name, values in clean[m.run_id].metrics.items():
+            np.testing.assert_array_equal(values, resumed[m.run_id].metrics[name], err_msg=name)
+
+
+def test_a_job_resumed_after_shrinking_keeps_the_plain_forward_it_had(tmp_path, monkeypatch):
+    """A job with a sequence-loss run takes the plain forward; once that run has left, its
+    smaller ensemble keeps the plain forward (`subset`), and so does a resume from its
+    checkpoint, which would otherwise pick shared prefixes for the answer-loss runs left."""
+    from grokpipe.train import checkpoint as ckpt
+    from grokpipe.train import runner
+
+    grid = {"train.loss_on": ["answer", "sequence"], "seed": [0, 1]}
+    members = members_from_block(block(grid, steps=60, every=20))
+    opts = EngineOptions(progress=False, prefix_min_members=1)
+    whole = EnsembleTrainer(members, opts)
+    assert whole.prefix_len == 0
+    whole.run(should_compact=lambda t: t.step_host >= 20)
+    answer = [i for i, m in enumerate(members) if m.config.train.loss_on == "answer"]
+    left = whole.subset(answer)
+    assert left.prefix_len == 0
+    job = runner.Job("job", "t", members, keep_params=False)
+    gone = [r for i, r in enumerate(whole.results()) if i not in answer]
+    ckpt.save(
+        tmp_path / "job.pt",
+        {
+            "fingerprint": "job",
+            "finished": {r.run_id: r for r in gone},
+            "remaining": [members[i].run_id for i in answer],
+            "trainer": left.state_dict(),
+            "timings": [],
+        },
+    )
+    built = []
+
+    class Recording(EnsembleTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(runner, "EnsembleTrainer", Recording)
+    out = {r.run_id: r for r in runner._run_job(job, opts, tmp_path)["results"]}
+    assert [(t.E, t.prefix_len) for t in built] == [(2, 0)]
+    left.run()
+    for r in left.results():
+        for name, values in r.metrics.items():
+            np.testing.assert_array_equal(values, out[r.run_id].metrics[name], err_msg=name)
+
+
+def test_saving_weights_is_part_of_a_jobs_identity():
+    """A result saved without final weights must not serve a rerun that keeps them."""
+    from grokpipe.train.runner import plan_jobs
+
+    members = members_from_block(block({"seed": [0, 1]}))
+    plain = plan_jobs(members, 8, 1, "t", set())
+    kept = plan_jobs(members, 8, 1, "t", {members[0].run_id})
+    assert kept[0].keep_params and not plain[0].keep_params
+    assert kept[0].job_id != plain[0].job_id
+
+
 WORKER = """
 import pickle, sys
 from pathlib import Path

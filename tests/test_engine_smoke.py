@@ -123,3 +123,12 @@ def test_gpus_asked_for_on_a_machine_without_them_is_a_params_error():
 
     with pytest.raises(ConfigError, match=r"^engine\.devices: asks for GPUs \[5\]"):
         EngineConfig(devices=[5]).device_names()
+
+
+@pytest.mark.parametrize(("devices", "reason"), [([], "names no device"), ([0, 0], "twice")])
+def test_an_empty_or_repeating_device_list_is_a_params_error(devices, reason):
+    from grokpipe.config.schema import ConfigError, from_dict
+    from grokpipe.train.runner import EngineConfig
+
+    with pytest.raises(ConfigError, match=rf"^engine\.devices: .*{reason}"):
+        from_dict(EngineConfig, {"devices": devices}, "engine")

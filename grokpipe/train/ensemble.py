@@ -394,6 +394,7 @@ class EnsembleTrainer:
         self.wd = torch.tensor([m.config.train.weight_decay for m in members], device=dev)
         thresholds = [m.config.train.early_stop for m in members]
         self.early_stop = any(t is not None for t in thresholds)
+        self.compact_due = False  # set at the checkpoint of the step where `run` shrinks
         self.stop_at = torch.tensor(
             [t if t is not None else math.inf for t in thresholds], device=dev
         )
@@ -869,6 +870,10 @@ class EnsembleTrainer:
             "step": self.step_host,
             "evals_done": self.evals_done,
             "task_sizes": dict(self.task_sizes),  # a resume builds the same padded model
+            # and the same forward: a compacted ensemble keeps its job's choice (`subset`)
+            "shares_prefixes": self.prefix_len > 0,
+            # taken where the ensemble is about to shrink: a resume shrinks it first
+            "compact_due": self.compact_due,
             "tensors": tensors,
         }
 
@@ -971,12 +976,15 @@ class EnsembleTrainer:
                 elif should_compact is not None and should_compact(self):
                     status, done = "compact", True
             if on_checkpoint is not None and (done or self.step_host - last_ckpt >= every):
-                # the snapshot waits for the queued steps anyway; waiting first keeps that
-                # (training, not checkpointing) out of checkpoint_s
-                self._sync_stream()
+                # the snapshot waits for the queued steps anyway; accounting for them first
+                # keeps that (training, not checkpointing) out of checkpoint_s, and puts the
+                # training so far into the timing the checkpoint holds
+                self._account(t0, steps_before)
                 t_ckpt = time.perf_counter()
+                self.compact_due = status == "compact"  # in the checkpoint (`state_dict`)
                 on_checkpoint(self)
                 self.timing.checkpoint_s += time.perf_counter() - t_ckpt
+                t0, steps_before = time.perf_counter(), self.step_host
                 last_ckpt = self.step_host
             if done:
                 break

@@ -24,7 +24,7 @@ import queue as queue_module
 import threading
 import traceback
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -99,6 +99,13 @@ class EngineConfig:
                 self.devices in ("auto", "cpu"),
                 f"{key}.devices",
                 f"expected 'auto', 'cpu' or a list of GPU indices, got {self.devices!r}",
+            )
+        else:
+            check(len(self.devices) > 0, f"{key}.devices", "an empty list names no device")
+            check(
+                len(set(self.devices)) == len(self.devices),
+                f"{key}.devices",
+                f"names a GPU twice: {self.devices}",
             )
         for k in ("cpu_threads", "cpu_workers"):
             v = getattr(self, k)
@@ -220,9 +227,12 @@ def plan_jobs(
     version = ckpt.code_version()
     jobs = []
     for chunk in chunks:
-        ident = ckpt.fingerprint([version] + [m.identity() for m in chunk])
+        keep = any(m.run_id in keep_params for m in chunk)
+        # whether results hold the final weights is part of a job's identity: a result or
+        # checkpoint saved without them must not serve a rerun that saves weights
+        ident = ckpt.fingerprint([version] + [m.identity() for m in chunk] + [{"keep": keep}])
         job_label = f"{label}[{chunk[0].run_id}..{chunk[-1].run_id}]x{len(chunk)}"
-        jobs.append(Job(ident, job_label, chunk, any(m.run_id in keep_params for m in chunk)))
+        jobs.append(Job(ident, job_label, chunk, keep))
     jobs.sort(key=lambda j: j.cost, reverse=True)
     return jobs
 
@@ -288,8 +298,12 @@ def _run_job(
         members = [m for m in job.members if m.run_id in remaining]
     with setup_lock:  # one ensemble set up at a time; the others keep training
         sizes = None if saved is None else saved["trainer"].get("task_sizes")
-        # a resumed job has fewer runs left: it keeps the forward of the whole job
+        # a resumed job may have fewer runs left: it keeps the forward the saved ensemble had
+        # (the whole job's, which compaction carries over), not one chosen for its new size
         job_opts = options_for_ensemble(opts, len(job.members))
+        if saved is not None and "shares_prefixes" in saved["trainer"]:
+            shares = saved["trainer"]["shares_prefixes"]
+            job_opts = replace(job_opts, share_prefixes=shares, prefix_min_members=1)
         trainer = EnsembleTrainer(members, job_opts, label=job.label, task_sizes=sizes)
         if saved is not None:
             trainer.load_state_dict(saved["trainer"])
@@ -306,12 +320,17 @@ def _run_job(
                 "finished": dict(finished),
                 "remaining": [m.run_id for m in t.members],
                 "trainer": t.state_dict(reuse_host_buffers=True),
-                "timings": list(timings),
+                # the ensembles done, and the one training now, so far (a resume goes on
+                # from there in an ensemble, and a timing entry, of its own)
+                "timings": list(timings) + ([_ensemble_timing(t)] if t.timing.steps else []),
             },
         )
 
+    compact_first = saved is not None and saved["trainer"].get("compact_due", False)
     try:
-        trainer = _train_to_end(trainer, save, finished, timings, job.keep_params, abort)
+        trainer = _train_to_end(
+            trainer, save, finished, timings, job.keep_params, abort, compact_first
+        )
     except BaseException:
         writer.wait(raise_error=False)  # the training error is the one to report
         raise
@@ -339,13 +358,23 @@ def _run_job(
     return out
 
 
-def _train_to_end(trainer, save, finished: dict, timings: list, keep_params: bool, abort):
+def _ensemble_timing(trainer: EnsembleTrainer) -> dict:
+    return dict(vars(trainer.timing), members=trainer.E)
+
+
+def _train_to_end(
+    trainer, save, finished: dict, timings: list, keep_params: bool, abort, compact_first=False
+):
     """Run `trainer` to the step budget, moving on in smaller ensembles as members stop early;
     finished members' results go into `finished`, each ensemble's timing into `timings`.
-    Returns the last ensemble."""
+    Returns the last ensemble. `compact_first`: the trainer was loaded from the checkpoint of
+    a step where it was to shrink, so it shrinks before training on, as it did then."""
     while True:
-        status = trainer.run(on_checkpoint=save, should_compact=_compaction_policy, abort=abort)
-        timings.append(dict(vars(trainer.timing), members=trainer.E))
+        if compact_first:
+            status, compact_first = "compact", False
+        else:
+            status = trainer.run(on_checkpoint=save, should_compact=_compaction_policy, abort=abort)
+            timings.append(_ensemble_timing(trainer))
         results = trainer.results(keep_params=keep_params)
         if status == "done":
             finished.update({r.run_id: r for r in results})
@@ -355,6 +384,10 @@ def _train_to_end(trainer, save, finished: dict, timings: list, keep_params: boo
         with setup_lock:
             trainer = trainer.subset(keep)
             trainer.prepare()
+        # at once: the last checkpoint holds the ensemble before it shrank, and a resume
+        # from it would train every member to the next checkpoint (`run` decides to shrink
+        # only at the evaluation where that happens, not again on load)
+        save(trainer)
 
 
 def worker_visible_devices(device: str, inherited: str | None) -> str:
@@ -450,10 +483,34 @@ def _serve_device(
         raise next((e for e in errors if not isinstance(e, JobAborted)), errors[0])
 
 
+# how often a worker looks whether the stage that started it is still there
+PARENT_POLL_S = 1.0
+
+
+def _exit_with_parent() -> None:
+    """In a worker: end this process once the stage that started it is gone. A stage killed
+    outright (SIGKILL, or SIGTERM, which skips Python's clean-up) leaves its daemon workers
+    running: they would go on writing the checkpoints that a rerun of the stage, with its
+    own workers, writes and reads at the same paths, and hold their GPU's memory."""
+    import multiprocessing
+    import time
+
+    parent = multiprocessing.parent_process()
+
+    def watch() -> None:
+        while parent.is_alive():
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)  # a checkpoint write cut short leaves only its temporary file
+
+    if parent is not None:
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _worker(
     rank: int, device: str, engine: EngineConfig, jobs, queue, results, ckdir: str, spread, threads
 ):
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+    _exit_with_parent()
     try:
         served = device  # the device as this worker names it
         if device == "cpu":
