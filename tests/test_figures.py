@@ -104,3 +104,25 @@ def test_toy_model_stage_and_a_toy_fit_draw_their_figures(trained, monkeypatch):
     for folder in ("toy_model", "toyfit_parity_grokking"):
         drawn = list((trained / "reports" / "figures" / folder).glob("*.png"))
         assert drawn and all(p.stat().st_size > 5_000 for p in drawn), folder
+
+
+def test_spread_bands_stay_within_what_the_quantity_can_take():
+    """An accuracy band inside [0, 1]; a loss band on a log axis positive everywhere (an
+    arithmetic mean - sd below zero vanishes off a log axis)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import pandas as pd
+
+    from grokpipe.figures.style import mean_sd_line
+
+    data = pd.DataFrame({"step": [1, 1, 2, 2], "acc": [0.2, 1.0, 0.9, 1.0]})
+    data["loss"] = [1e-3, 1.0, 2e-3, 3.0]
+    fig, (a, b) = plt.subplots(1, 2)
+    mean_sd_line(a, data, "step", "acc", "k", clip=(0.0, 1.0))
+    mean_sd_line(b, data, "step", "loss", "k", log=True)
+    for ax, lo, hi in ((a, 0.0, 1.0), (b, 1e-12, np.inf)):
+        band = ax.collections[0].get_paths()[0].vertices[:, 1]
+        assert band.min() >= lo and band.max() <= hi
+    geometric = b.lines[0].get_ydata()
+    np.testing.assert_allclose(geometric, [np.sqrt(1e-3 * 1.0), np.sqrt(2e-3 * 3.0)])
+    plt.close(fig)
