@@ -294,8 +294,10 @@ def value_counts(ctx: FigureContext) -> list:
         )
     if (summary["grokked_at"].isna()).any():
         ax.axhline(ctx.budget, color="k", lw=0.6, ls=":")
-        ax.text(0.01, ctx.budget, f" never grokked: plotted at the budget, {ctx.budget:,} steps",
-                transform=ax.get_yaxis_transform(), va="bottom", fontsize=8)  # fmt: skip
+        # under the line, mid-axis: the points' names sit above and right of them
+        ax.text(0.5, ctx.budget, f"never grokked: plotted at the budget, {ctx.budget:,} steps",
+                transform=ax.get_yaxis_transform(), ha="center", va="top", fontsize=8,
+                color="#555555")  # fmt: skip
     ax.set_yscale("log")
     ax.set_xlim(-0.02, 1.02)  # the whole range: two tables at 0.02 are not far apart
     ax.set_xlabel("symmetry score: share of pairs with a∘b = b∘a")
