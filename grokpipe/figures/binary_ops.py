@@ -18,6 +18,7 @@ from grokpipe.figures.style import (
     label_hidden_neighbours,
     legend,
     mean_sd_line,
+    readable_log_axis,
     save,
     wrap,
 )
@@ -119,6 +120,7 @@ def grok_steps(ctx: FigureContext) -> list:
             },
         )
     ax.set_xscale("log")
+    readable_log_axis(ax.xaxis)
     ax.set_xlim(right=ctx.budget * 1.5)
     for i, cond in enumerate(conditions):
         g = t[t["condition"] == cond]
@@ -215,6 +217,7 @@ def fraction_sweep(ctx: FigureContext) -> list:
         fontsize=8,
     )
     ax.set_yscale("log")
+    readable_log_axis(ax.yaxis)
     ax.set_xlabel("training data fraction")
     ax.set_ylabel("steps until validation accuracy ≥ 99%")
     ax.set_title(
@@ -299,6 +302,7 @@ def value_counts(ctx: FigureContext) -> list:
                 transform=ax.get_yaxis_transform(), ha="center", va="top", fontsize=8,
                 color="#555555")  # fmt: skip
     ax.set_yscale("log")
+    readable_log_axis(ax.yaxis)
     ax.set_xlim(-0.02, 1.02)  # the whole range: two tables at 0.02 are not far apart
     ax.set_xlabel("symmetry score: share of pairs with a∘b = b∘a")
     ax.set_ylabel("steps until validation accuracy ≥ 99%")
