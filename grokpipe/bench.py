@@ -12,6 +12,7 @@ Prints a table last and writes every number to JSON.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import queue as queue_module
@@ -64,7 +65,13 @@ def power_block(
 
 
 def _peak_reset(device: str) -> None:
+    """Start a measurement's peak from what it holds itself: the trainers measured before are
+    freed first (a trainer's compiled step refers back to it, so only the collector frees
+    it, and the peak would otherwise start above their parameters and graph pools)."""
     if device.startswith("cuda"):
+        gc.collect()
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
 
 
@@ -74,11 +81,17 @@ def _peak_gib(device: str) -> float | None:
     return None
 
 
-def bench_reference(device: str, steps: int) -> dict:
+def bench_reference(device: str, steps: int, precision: str) -> dict:
     m = members_from_block(power_block("x/y", 97, steps, [0]))[0]
-    train_reference(m.data, m.train_idx, m.val_idx, min(100, steps), device)  # warm-up
-    r = train_reference(m.data, m.train_idx, m.val_idx, steps, device)
-    return {"steps": r.steps, "seconds": r.seconds, "steps_per_s": r.steps / r.seconds}
+    args = (m.data, m.train_idx, m.val_idx)
+    train_reference(*args, min(100, steps), device, precision=precision)  # warm-up
+    r = train_reference(*args, steps, device, precision=precision)
+    return {
+        "steps": r.steps,
+        "seconds": r.seconds,
+        "steps_per_s": r.steps / r.seconds,
+        "precision": precision,
+    }
 
 
 def bench_engine(
@@ -88,6 +101,9 @@ def bench_engine(
     trainer = EnsembleTrainer(members_from_block(block), opts, label=f"bench x{members}")
     _peak_reset(device)
     trainer.prepare()
+    compile_peak = _peak_gib(device)
+    if device.startswith("cuda"):  # training's own peak, apart from compiling and capture
+        torch.cuda.reset_peak_memory_stats()
     trainer.run()
     t = trainer.timing
     return {
@@ -100,6 +116,7 @@ def bench_engine(
         "steps_per_s": t.steps / t.train_s,
         "model_steps_per_s": members * t.steps / t.train_s,
         "peak_gib": _peak_gib(device),
+        "compile_peak_gib": compile_peak,
     }
 
 
@@ -109,9 +126,18 @@ def bench_time_to_grok(device: str, opts: EngineOptions, budget: int, precision:
     out = {"reference": [], "engine": []}
     block = power_block("x/y", 97, budget, seeds, every=100, early_stop=0.99, precision=precision)
     members = members_from_block(block)
+    first = members[0]  # untimed: the process's first kernels load outside the timed seeds
+    train_reference(first.data, first.train_idx, first.val_idx, 100, device, precision=precision)
     for m in members:
         r = train_reference(
-            m.data, m.train_idx, m.val_idx, budget, device, seed=m.config.seed, stop_at=0.99
+            m.data,
+            m.train_idx,
+            m.val_idx,
+            budget,
+            device,
+            seed=m.config.seed,
+            stop_at=0.99,
+            precision=precision,
         )
         out["reference"].append(
             {"seed": m.config.seed, "steps": r.steps, "seconds": r.seconds, "reached": r.reached}
@@ -135,9 +161,22 @@ def bench_time_to_grok(device: str, opts: EngineOptions, budget: int, precision:
     together.run()
     out["engine_3_seeds_one_ensemble_seconds"] = together.timing.train_s
     for k in ("reference", "engine"):
-        out[f"{k}_median_seconds"] = statistics.median(r["seconds"] for r in out[k])
-        out[f"{k}_median_steps"] = statistics.median(r["steps"] for r in out[k])
+        out[f"{k}_reached"] = f"{sum(r['reached'] for r in out[k])}/{len(out[k])}"
+        out.update(_medians_to_99(out[k], k))
     return out
+
+
+def _medians_to_99(runs: list[dict], side: str) -> dict:
+    """Median seconds and steps to 99 % over the seeds that got there: a seed out of budget
+    would add the budget's time as if it were a time to 99 %. None (no median) where fewer
+    than two of the seeds got there."""
+    reached = [r for r in runs if r["reached"]]
+    if len(reached) < 2:
+        return {f"{side}_median_seconds": None, f"{side}_median_steps": None}
+    return {
+        f"{side}_median_seconds": statistics.median(r["seconds"] for r in reached),
+        f"{side}_median_steps": statistics.median(r["steps"] for r in reached),
+    }
 
 
 def pooled_members(parts: list[tuple[str, list[int]]], n_steps: int, precision: str) -> list:
@@ -255,7 +294,7 @@ def main(argv=None) -> None:
         "args": vars(args),
     }
     if "ref" not in skip:
-        report["reference"] = bench_reference(dev, args.steps)
+        report["reference"] = bench_reference(dev, args.steps, args.precision)
         print("reference", report["reference"], flush=True)
         save()
     report["engine"] = []
@@ -271,6 +310,7 @@ def main(argv=None) -> None:
             save()
     if "grok" not in skip:
         report["time_to_grok"] = bench_time_to_grok(dev, opts, args.grok_budget, args.precision)
+        save()
     if args.multi_gpu:
         report["multi_gpu"] = bench_multi_gpu(args.multi_steps, args.multi_members, args.precision)
     save()
@@ -281,7 +321,10 @@ def print_table(r: dict) -> None:
     print(f"\n== grokpipe bench: {r['device']}, torch {r['torch']}, {r['precision']} ==")
     ref = r.get("reference")
     if ref:
-        print(f"reference loop (1 run)      {ref['steps_per_s']:10.1f} steps/s")
+        print(
+            f"reference loop (1 run)      {ref['steps_per_s']:10.1f} steps/s"
+            f"  ({ref.get('precision', 'fp32')})"
+        )
     for e in r["engine"]:
         speed = f" = {e['steps_per_s'] / ref['steps_per_s']:.1f}x ref" if ref else ""
         mem = f"  peak {e['peak_gib']:.2f} GiB" if e["peak_gib"] is not None else ""
@@ -293,10 +336,15 @@ def print_table(r: dict) -> None:
     g = r.get("time_to_grok")
     if g:
         for k in ("reference", "engine"):
-            runs = ", ".join(f"{x['steps']} st/{x['seconds']:.2f} s" for x in g[k])
+            runs = ", ".join(
+                f"{x['steps']} st/{x['seconds']:.2f} s{'' if x['reached'] else ' (not reached)'}"
+                for x in g[k]
+            )
+            median = g[f"{k}_median_seconds"]
+            median = "no median" if median is None else f"median {median:.2f} s"
             print(
-                f"x/y mod 97 to 99% val, {k:9s}: median {g[f'{k}_median_seconds']:.2f} s "
-                f"({g[f'{k}_median_steps']} steps) [{runs}]"
+                f"x/y mod 97 to 99% val, {k:9s}: {median} "
+                f"({g[f'{k}_median_steps']} steps, {g[f'{k}_reached']} reached) [{runs}]"
             )
         print(
             f"x/y mod 97, 3 seeds as one ensemble: {g['engine_3_seeds_one_ensemble_seconds']:.2f} s"

@@ -23,6 +23,8 @@ class Block(nn.Module):
         self.qkv = nn.Linear(d, 3 * d, bias=False)
         self.proj = nn.Linear(d, d, bias=False)
         self.ff = nn.Sequential(nn.Linear(d, d_ff), nn.GELU(), nn.Linear(d_ff, d))
+        for layer in (self.ff[0], self.ff[2]):  # the engine's transformer starts them at zero
+            nn.init.zeros_(layer.bias)
 
     def forward(self, h):
         B, T, d = h.shape
@@ -76,9 +78,15 @@ def train_reference(
     eval_every: int = 100,
     stop_at: float | None = None,
     batch: int = 512,
+    precision: str = "fp32",
     **model_kw,
 ) -> ReferenceResult:
-    """Train for `steps` (or until validation accuracy ≥ stop_at); wall time excludes setup."""
+    """Train for `steps` (or until validation accuracy ≥ stop_at); wall time excludes setup.
+
+    `precision` as the engine's `train.precision`: "bf16" runs the forward and the loss under
+    torch.autocast in bfloat16 (the policy the engine writes out: products in bfloat16,
+    weights and optimiser in float32); "tf32" and "fp32" leave the float32 matmul precision
+    to the caller (`torch.set_float32_matmul_precision`), as the engine's step sets it."""
     torch.manual_seed(seed)
     dev = torch.device(device)
     X = torch.as_tensor(data.inputs, device=dev)
@@ -92,19 +100,21 @@ def train_reference(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10))
     B = min(batch, len(train_idx) // 2)
     val_acc = 0.0
+    mixed = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     t0 = time.perf_counter()
     step = 0
     for step in range(1, steps + 1):
         idx = tr[torch.randint(len(tr), (B,), device=dev)]
-        loss = F.cross_entropy(model(X[idx]), Y[idx])
+        with mixed:
+            loss = F.cross_entropy(model(X[idx]), Y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         if step % eval_every == 0:
-            with torch.no_grad():
+            with torch.no_grad(), mixed:
                 val_acc = (model(X[va]).argmax(-1) == Y[va]).float().mean().item()
             if stop_at is not None and val_acc >= stop_at:
                 break
