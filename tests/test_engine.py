@@ -69,6 +69,21 @@ def test_small_ensembles_on_a_gpu_take_the_plain_forward():
     assert plain.subset([1, 3]).prefix_len == 0
 
 
+def trainers_built_by_the_runner(monkeypatch) -> list:
+    """The list each trainer the runner builds from now on is appended to."""
+    from grokpipe.train import runner
+
+    built = []
+
+    class Recording(EnsembleTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(runner, "EnsembleTrainer", Recording)
+    return built
+
+
 def test_a_resumed_job_keeps_the_forward_of_the_whole_job(tmp_path, monkeypatch):
     """A job resumed from a checkpoint taken after some of its runs stopped early has fewer
     runs left than it started with. It keeps the whole job's forward (the one its compiled
@@ -90,14 +105,7 @@ def test_a_resumed_job_keeps_the_forward_of_the_whole_job(tmp_path, monkeypatch)
         "timings": [],
     }
     ckpt.save(tmp_path / "job.pt", saved)
-    built = []
-
-    class Recording(EnsembleTrainer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            built.append(self)
-
-    monkeypatch.setattr(runner, "EnsembleTrainer", Recording)
+    built = trainers_built_by_the_runner(monkeypatch)
     out = runner._run_job(job, opts, tmp_path)
     assert [(t.E, t.prefix_len) for t in built] == [(2, 2)]
     assert [r.run_id for r in out["results"]] == [m.run_id for m in members]
@@ -290,14 +298,7 @@ def test_a_job_resumed_after_shrinking_keeps_the_plain_forward_it_had(tmp_path, 
             "timings": [],
         },
     )
-    built = []
-
-    class Recording(EnsembleTrainer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            built.append(self)
-
-    monkeypatch.setattr(runner, "EnsembleTrainer", Recording)
+    built = trainers_built_by_the_runner(monkeypatch)
     out = {r.run_id: r for r in runner._run_job(job, opts, tmp_path)["results"]}
     assert [(t.E, t.prefix_len) for t in built] == [(2, 0)]
     left.run()
