@@ -322,8 +322,7 @@ def print_table(r: dict) -> None:
     ref = r.get("reference")
     if ref:
         print(
-            f"reference loop (1 run)      {ref['steps_per_s']:10.1f} steps/s"
-            f"  ({ref.get('precision', 'fp32')})"
+            f"reference loop (1 run)      {ref['steps_per_s']:10.1f} steps/s  ({ref['precision']})"
         )
     for e in r["engine"]:
         speed = f" = {e['steps_per_s'] / ref['steps_per_s']:.1f}x ref" if ref else ""
@@ -340,12 +339,9 @@ def print_table(r: dict) -> None:
                 f"{x['steps']} st/{x['seconds']:.2f} s{'' if x['reached'] else ' (not reached)'}"
                 for x in g[k]
             )
-            median = g[f"{k}_median_seconds"]
-            median = "no median" if median is None else f"median {median:.2f} s"
-            print(
-                f"x/y mod 97 to 99% val, {k:9s}: {median} "
-                f"({g[f'{k}_median_steps']} steps, {g[f'{k}_reached']} reached) [{runs}]"
-            )
+            seconds, steps = g[f"{k}_median_seconds"], g[f"{k}_median_steps"]
+            median = "no median" if seconds is None else f"median {seconds:.2f} s ({steps} steps)"
+            print(f"x/y mod 97 to 99% val, {k:9s}: {median}, {g[f'{k}_reached']} reached [{runs}]")
         print(
             f"x/y mod 97, 3 seeds as one ensemble: {g['engine_3_seeds_one_ensemble_seconds']:.2f} s"
         )
