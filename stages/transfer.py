@@ -57,14 +57,19 @@ def check_source_declared(experiment: str, pipeline: Path = Path("dvc.yaml")) ->
         )
 
 
-def source_run(params: dict, init_from: str, seed: int):
-    """(source experiment, its run that `init_from` names with this seed)."""
-    experiment, _, condition = init_from.partition(":")
+def source_experiment(params: dict, experiment: str):
+    """The source experiment, checked once however many runs start from it: declared in
+    dvc.yaml as this stage's dependency, and valid."""
     check_source_declared(experiment)
-    src = check_experiment(params, experiment, models=False)
+    return check_experiment(params, experiment, models=False)
+
+
+def source_run(src, init_from: str, seed: int):
+    """The run of source experiment `src` that `init_from` names with this seed."""
+    experiment, _, condition = init_from.partition(":")
     for run in src.runs:
         if run.config.seed == seed and runstore.condition_label(run.labels, src.axes) == condition:
-            return src, run
+            return run
     known = ", ".join(sorted({runstore.condition_label(r.labels, src.axes) for r in src.runs}))
     raise ConfigError(
         f"{NAME}.train.init_from",
@@ -111,15 +116,19 @@ def main() -> None:
     fit_config(params)  # a bad toy_model.fit key fails here, not after the training
     engine = engine_config(params)
     members = build_members(exp)
-    facts, tables = {}, {}
+    facts, sources, tables = {}, {}, {}
     for m in members:
-        if m.config.train.init_from == "scratch":
+        init_from = m.config.train.init_from
+        if init_from == "scratch":
             continue
-        src, run = source_run(params, m.config.train.init_from, m.config.seed)
+        name = init_from.partition(":")[0]
+        if name not in sources:
+            sources[name] = source_experiment(params, name)
+            tables[name] = source_table(name)
+        src = sources[name]
+        run = source_run(src, init_from, m.config.seed)
         m.init_params = source_weights(src, run)
-        if src.name not in tables:
-            tables[src.name] = source_table(src.name)
-        facts[m.run_id] = source_fact(src, run, m, tables[src.name])
+        facts[m.run_id] = source_fact(src, run, m, tables[name])
     train_experiment(exp, members, engine)
     analyze(exp, params)
     # the head start and the sources beside the grokking metrics, in the file analyze wrote

@@ -6,6 +6,8 @@ layer-schedule names that the model lacks, unknown figure kinds, a bad `engine` 
 
 from __future__ import annotations
 
+import string
+
 from grokpipe.config.experiment import Experiment, load_experiment
 from grokpipe.config.schema import ConfigError, from_dict
 
@@ -59,7 +61,7 @@ def check_experiment(
 # outputs of stages of their own, which share folders with the experiments' outputs
 # (data/runs/<name>, reports/metrics/<name>.json, reports/figures/<name>)
 RESERVED_NAMES = {"transfer": "the transfer stage", "toy_model": "the toymodel stage"}
-NAME_CHARACTERS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+NAME_CHARACTERS = set(string.ascii_letters + string.digits + "_-")
 
 
 def _check_name(name: str) -> None:

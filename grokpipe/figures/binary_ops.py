@@ -12,6 +12,7 @@ from matplotlib.ticker import MaxNLocator
 
 from grokpipe.figures.context import FigureContext
 from grokpipe.figures.style import (
+    ACCURACY_RANGE,
     SPLIT_COLORS,
     SPLIT_NAMES,
     fixed_jitter,
@@ -51,7 +52,7 @@ def _curves(ctx: FigureContext, metric: str, ylabel: str, logy: bool):
         sub = data[data["condition"] == cond]
         for split, color in palette.items():
             part = sub[sub["split"] == split]
-            bounds = (0.0, 1.0) if metric == "acc" else None
+            bounds = ACCURACY_RANGE if metric == "acc" else None
             mean_sd_line(ax, part, "step", metric, color, label=split, clip=bounds, log=logy)
         if ax is axes.flat[0]:
             legend(ax, title="split", fontsize=8)

@@ -24,6 +24,7 @@ import seaborn as sns
 from grokpipe.analysis import parity as verdicts
 from grokpipe.figures.context import FigureContext
 from grokpipe.figures.style import (
+    ACCURACY_RANGE,
     SPLIT_COLORS,
     label_hidden_neighbours,
     legend,
@@ -89,7 +90,7 @@ def parity_curves(ctx: FigureContext) -> list:
                 f"{split}_acc",
                 SPLIT_COLORS[split],
                 label=name if ax is axes.flat[0] else None,
-                clip=(0.0, 1.0),
+                clip=ACCURACY_RANGE,
                 linewidth=1.3,
             )
         m = ctx.table[ctx.table["condition"] == cond]
@@ -231,7 +232,7 @@ def parity_init_scale(ctx: FigureContext) -> list:
     for s in scales:
         sub = h[h["scale"] == s]
         mean_sd_line(
-            a2, sub, "step", "val_acc", palette[s], label=f"×{s:g} validation", clip=(0.0, 1.0)
+            a2, sub, "step", "val_acc", palette[s], label=f"×{s:g} validation", clip=ACCURACY_RANGE
         )
         mean_sd_line(
             a2, sub, "step", "train_acc", palette[s], band=False, linestyle="--", linewidth=0.9
@@ -267,7 +268,7 @@ def parity_frozen(ctx: FigureContext) -> list:
             if sub.empty:
                 continue
             mean_sd_line(ax, sub, "step", "val_acc", colors[fz], label=f"{names[fz]}: validation",
-                         clip=(0.0, 1.0))  # fmt: skip
+                         clip=ACCURACY_RANGE)  # fmt: skip
             mean_sd_line(ax, sub, "step", "train_acc", colors[fz], label=f"{names[fz]}: train",
                          band=False, linestyle="--", linewidth=0.9)  # fmt: skip
         ax.set_xscale("log")

@@ -14,6 +14,7 @@ import seaborn as sns  # noqa: E402
 
 SPLIT_COLORS = {"train": "#7f7f7f", "val": "#d62728"}
 SPLIT_NAMES = {"train": "train", "val": "validation"}
+ACCURACY_RANGE = (0.0, 1.0)  # `mean_sd_line(clip=...)` for accuracies
 
 
 def setup() -> None:
