@@ -36,7 +36,7 @@ def test_medians_to_99_count_only_the_seeds_that_got_there():
     assert bench._medians_to_99(runs[1:], "engine")["engine_median_seconds"] is None
 
 
-def test_the_reference_is_the_engines_transformer_at_the_engines_precision():
+def test_the_reference_is_the_engines_transformer_at_the_engines_precision(monkeypatch):
     import torch
 
     from grokpipe.reference import ReferenceTransformer, train_reference
@@ -52,9 +52,6 @@ def test_the_reference_is_the_engines_transformer_at_the_engines_precision():
         seen.append(logits.dtype)
         return real(logits.float(), target, *a, **k)
 
-    torch.nn.functional.cross_entropy = spy
-    try:
-        train_reference(m.data, m.train_idx, m.val_idx, 2, "cpu", precision="bf16")
-    finally:
-        torch.nn.functional.cross_entropy = real
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", spy)
+    train_reference(m.data, m.train_idx, m.val_idx, 2, "cpu", precision="bf16")
     assert seen == [torch.bfloat16, torch.bfloat16]  # the products ran in bfloat16
