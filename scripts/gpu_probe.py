@@ -68,7 +68,9 @@ def override_inductor() -> None:
         section = inductor_config
         for part in parents:
             section = getattr(section, part)
-        setattr(section, leaf, type(getattr(section, leaf))(int(value)))
+        current = getattr(section, leaf)
+        # strings stay strings (max_autotune_gemm_backends=TRITON); flags and counts are ints
+        setattr(section, leaf, value if isinstance(current, str) else type(current)(int(value)))
 
 
 override_inductor()
