@@ -31,6 +31,12 @@ The pipeline's step at the sweep's largest ensemble, timed and profiled:
 for the whole probe, over the engine's own where both set one (`combo_kernels_pointwise_only`).
 Every measurement traces its own step: a step saved by an earlier probe (`precompiled`) may have
 been compiled with other inductor options, which its key does not hold.
+`GP_MM_CONFIGS="64,128,64,3,4;128,128,64,3,8"` replaces the configurations inductor's Triton
+GEMM templates choose among (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps; each scaled down to the
+product's sizes as inductor does): with `max_autotune_gemm=1,max_autotune_gemm_backends=TRITON`
+in GP_INDUCTOR and one configuration, every product is a Triton template (bias, GELU and casts
+fused in its epilogue) and nothing is timed at compile, where the default twenty configurations
+took ~6.6 s of timing per product shape (thirtieth session).
 `GP_BLAS=cublaslt` makes every matrix product go through cuBLASLt (else torch's default).
 `GP_TUNELOG=1` counts and names the kernels inductor configures by timing at first launch.
 `GP_DETERMINISTIC=1` runs the whole probe under `torch.use_deterministic_algorithms(True)`
@@ -74,6 +80,38 @@ def override_inductor() -> None:
 
 
 override_inductor()
+
+
+def override_mm_configs() -> None:
+    """Replace the Triton GEMM templates' configuration list (`GP_MM_CONFIGS`)."""
+    spec = os.environ.get("GP_MM_CONFIGS")
+    if not spec:
+        return
+    from torch._inductor.template_heuristics import triton as heuristics
+
+    configs = [heuristics.GemmConfig(*map(int, item.split(","))) for item in spec.split(";")]
+    original = heuristics.BaseConfigHeuristic.preprocess_mm_configs
+
+    def preprocess(self, *args, **kwargs):
+        # m, n, k come first; the list comes as `configs=` (get_mm_configs) or fourth
+        if "configs" in kwargs or len(args) < 4:
+            kwargs["configs"] = configs
+        else:
+            args = (*args[:3], configs, *args[4:])
+        preprocess.calls += 1
+        return original(self, *args, **kwargs)
+
+    preprocess.calls = 0
+
+    heuristics.BaseConfigHeuristic.preprocess_mm_configs = preprocess
+    MM_CONFIG_CALLS.append(preprocess)
+    print(f"GEMM template configurations: {configs}", flush=True)
+
+
+MM_CONFIG_CALLS = []  # the hook, whose call count says whether any template asked for configs
+
+
+override_mm_configs()
 # the engine sets some options itself as it configures a step (combo kernels, and for
 # `engine.deterministic` the RBLOCK scaling and pointwise-only combos): GP_INDUCTOR's values
 # are set again after it, and win
@@ -271,6 +309,8 @@ if __name__ == "__main__":
     print("| ---: | --- | --- | ---: | ---: | ---: | ---: |")
     for E, prec, flags, comp, sps, msps, peak in ROWS:
         print(f"| {E} | {prec} | {flags} | {comp:.1f} | {sps:.0f} | {msps:.0f} | {peak:.2f} |")
+    for hook in MM_CONFIG_CALLS:
+        print(f"GEMM template configuration lists built: {hook.calls}")
     if os.environ.get("GP_TUNELOG"):
         names = TunedKernels.names
         print(f"kernels configured by timing at their first launch: {len(names)}")
