@@ -249,7 +249,13 @@ def bench_multi_gpu(steps: int, members: int, precision: str) -> dict:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--steps", type=int, default=3000, help="timed steps per measurement")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=3000,
+        help="timed steps of the reference and of one run; an ensemble of E runs times "
+        "steps / (E // 8), at least 200, so that every size takes about as long",
+    )
     ap.add_argument("--sizes", default="8,64,256")
     ap.add_argument("--precision", default="tf32", choices=["fp32", "tf32", "bf16"])
     ap.add_argument("--no-compile", action="store_true")
@@ -330,7 +336,7 @@ def print_table(r: dict) -> None:
         print(
             f"engine x{e['members']:<4d} {e['steps_per_s']:10.1f} steps/s "
             f"{e['model_steps_per_s']:11.1f} model-steps/s{speed}{mem}"
-            f"  (compile {e['compile_seconds']:.1f} s, {e['compiled_from']})"
+            f"  ({e['steps']} steps; compile {e['compile_seconds']:.1f} s, {e['compiled_from']})"
         )
     g = r.get("time_to_grok")
     if g:
