@@ -36,7 +36,8 @@ GEMM templates choose among (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps; each scal
 product's sizes as inductor does): with `max_autotune_gemm=1,max_autotune_gemm_backends=TRITON`
 in GP_INDUCTOR and one configuration, every product is a Triton template (bias, GELU and casts
 fused in its epilogue) and nothing is timed at compile, where the default twenty configurations
-took ~6.6 s of timing per product shape (thirtieth session).
+took ~6.6 s of timing per product shape (thirtieth session). Measured at 64 runs: 8-23 %
+slower than cuBLAS with separate pointwise kernels (BENCHMARKS.md, thirty-first session).
 `GP_BLAS=cublaslt` makes every matrix product go through cuBLASLt (else torch's default).
 `GP_TUNELOG=1` counts and names the kernels inductor configures by timing at first launch.
 `GP_DETERMINISTIC=1` runs the whole probe under `torch.use_deterministic_algorithms(True)`
