@@ -83,6 +83,9 @@ def override_inductor() -> None:
 override_inductor()
 
 
+MM_CONFIG_LISTS = 0  # configuration lists the hook built: 0 means no product was a template
+
+
 def override_mm_configs() -> None:
     """Replace the Triton GEMM templates' configuration list (`GP_MM_CONFIGS`)."""
     spec = os.environ.get("GP_MM_CONFIGS")
@@ -94,22 +97,17 @@ def override_mm_configs() -> None:
     original = heuristics.BaseConfigHeuristic.preprocess_mm_configs
 
     def preprocess(self, *args, **kwargs):
+        global MM_CONFIG_LISTS
         # m, n, k come first; the list comes as `configs=` (get_mm_configs) or fourth
         if "configs" in kwargs or len(args) < 4:
             kwargs["configs"] = configs
         else:
             args = (*args[:3], configs, *args[4:])
-        preprocess.calls += 1
+        MM_CONFIG_LISTS += 1
         return original(self, *args, **kwargs)
 
-    preprocess.calls = 0
-
     heuristics.BaseConfigHeuristic.preprocess_mm_configs = preprocess
-    MM_CONFIG_CALLS.append(preprocess)
     print(f"GEMM template configurations: {configs}", flush=True)
-
-
-MM_CONFIG_CALLS = []  # the hook, whose call count says whether any template asked for configs
 
 
 override_mm_configs()
@@ -310,8 +308,8 @@ if __name__ == "__main__":
     print("| ---: | --- | --- | ---: | ---: | ---: | ---: |")
     for E, prec, flags, comp, sps, msps, peak in ROWS:
         print(f"| {E} | {prec} | {flags} | {comp:.1f} | {sps:.0f} | {msps:.0f} | {peak:.2f} |")
-    for hook in MM_CONFIG_CALLS:
-        print(f"GEMM template configuration lists built: {hook.calls}")
+    if os.environ.get("GP_MM_CONFIGS"):
+        print(f"GEMM template configuration lists built: {MM_CONFIG_LISTS}")
     if os.environ.get("GP_TUNELOG"):
         names = TunedKernels.names
         print(f"kernels configured by timing at their first launch: {len(names)}")
