@@ -31,6 +31,17 @@ export PYTHONPATH=/tmp/site:$W PATH=/tmp/bin:/tmp/site/bin:$PATH PYTHONUNBUFFERE
 # shellcheck source=scripts/gpu_site.sh
 source "$(dirname "$0")/gpu_site.sh"
 
+# `wait` and `collect` on a machine where no `start` ran (a fresh one, after the warm machine
+# was given back between calls) fail at once: the 32nd session's `wait 560` on a bare machine
+# spent 560 s of device time waiting for a log that could never appear.
+require_started() {
+  [ -f "$W/pipeline.log" ] || {
+    echo "no pipeline was started on this machine ($W/pipeline.log missing): a fresh machine?" \
+      "run '$0 start' again" >&2
+    exit 3
+  }
+}
+
 case "${1:-}" in
 start)
   install_wheels dvc
@@ -81,6 +92,7 @@ PY
   echo "started in $W"
   ;;
 wait)
+  require_started
   end=$(( $(date +%s) + ${2:-500} ))
   while [ "$(date +%s)" -lt "$end" ] && ! grep -q '^EXIT' "$W/pipeline.log" 2>/dev/null; do
     sleep 20
@@ -89,6 +101,7 @@ wait)
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
   ;;
 collect)
+  require_started
   out=${2:?collect needs a directory}
   cd "$W" || exit 1
   cp pipeline.log dvc.lock "$out"/
