@@ -7,6 +7,7 @@ dies midway leaves the previous output (or none), never a mixture.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -15,6 +16,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from grokpipe.config.schema import ConfigError
+
+
+class StageError(Exception):
+    """A stage cannot go on for a reason outside params.yaml (`stage_main` prints it in one
+    line and exits 1)."""
+
 
 # the temporary sibling of an output being written; one left behind by a killed process is
 # not an output (the next write of that output removes it first)
@@ -77,8 +84,34 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
+@contextlib.contextmanager
+def exclusive(path: str | Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on `path` for the block, or fail at once if another process holds
+    it: two processes training one experiment would each resume from and overwrite the other's
+    checkpoints. The lock is the kernel's (flock), so a killed holder never leaves it stale."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise StageError(f"{what} is already running ({holder}; lock {path})") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fh.truncate(0)
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def stage_main(fn: Callable[..., None]) -> Callable[..., None]:
-    """Run a stage entry point; a bad param exits 2 with one line naming the key and reason."""
+    """Run a stage entry point; a bad param exits 2 with one line naming the key and reason,
+    a `StageError` exits 1 with its one line."""
 
     def wrapper(*args, **kwargs):
         try:
@@ -86,6 +119,9 @@ def stage_main(fn: Callable[..., None]) -> Callable[..., None]:
         except ConfigError as err:
             print(f"error: params.yaml: {err}", file=sys.stderr)
             raise SystemExit(2) from None
+        except StageError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(1) from None
 
     wrapper.__doc__ = fn.__doc__
     wrapper.__name__ = fn.__name__

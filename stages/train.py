@@ -16,7 +16,7 @@ from pathlib import Path
 from grokpipe import runstore
 from grokpipe.config.experiment import Experiment, load_params
 from grokpipe.config.validate import check_experiment, engine_config
-from grokpipe.io import stage_main
+from grokpipe.io import exclusive, stage_main
 from grokpipe.tasks import store
 from grokpipe.train.ensemble import Member
 from grokpipe.train.members import assemble
@@ -30,14 +30,19 @@ def use_project_compile_cache() -> None:
 
 
 def train_experiment(exp: Experiment, members: list[Member], engine: EngineConfig) -> None:
-    """Train `members`, write data/runs/<name>/ and drop the checkpoints they no longer need."""
+    """Train `members`, write data/runs/<name>/ and drop the checkpoints they no longer need.
+
+    One process at a time per experiment (a second `python -m stages.train X` beside a running
+    one fails at once): both would resume from, and write, the same checkpoints."""
     name = exp.name
     keep = {r.run_id for r in exp.runs} if exp.options.save_weights else set()
     checkpoints = Path("data/checkpoints") / name
     t0 = time.perf_counter()
-    results, timings = train_members(members, engine, checkpoints, name, keep)
-    runstore.write(f"data/runs/{name}", exp, results, timings)
-    shutil.rmtree(checkpoints, ignore_errors=True)
+    # beside the checkpoint folder, which is removed at the end while the lock is still held
+    with exclusive(checkpoints.with_name(f"{name}.lock"), f"training of {name!r}"):
+        results, timings = train_members(members, engine, checkpoints, name, keep)
+        runstore.write(f"data/runs/{name}", exp, results, timings)
+        shutil.rmtree(checkpoints, ignore_errors=True)
     print(
         f"{name}: trained {len(members)} run(s) in {len(timings)} ensemble(s), "
         f"{time.perf_counter() - t0:.1f} s -> data/runs/{name}"
