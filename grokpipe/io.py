@@ -98,8 +98,7 @@ def exclusive(path: str | Path, what: str) -> Iterator[None]:
             fh.seek(0)
             holder = fh.read().strip() or "another process"
             raise StageError(f"{what} is already running ({holder}; lock {path})") from None
-        fh.seek(0)
-        fh.truncate()
+        fh.truncate(0)  # "a+" writes at the end, now the start
         fh.write(f"pid {os.getpid()}")
         fh.flush()
         try:

@@ -26,7 +26,7 @@ def test_a_second_holder_fails_at_once_and_the_lock_frees_on_exit(tmp_path):
 def test_a_lock_held_by_a_killed_process_is_free(tmp_path):
     lock = tmp_path / "x.lock"
     holder = textwrap.dedent(f"""
-        import os, sys
+        import sys
         from grokpipe import io
         with io.exclusive({str(lock)!r}, "x"):
             print("held", flush=True)
