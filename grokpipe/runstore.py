@@ -21,8 +21,10 @@ from grokpipe.io import atomic_dir
 
 
 def condition_label(labels: dict, axes: list[str]) -> str:
-    """`op=x+y,train_fraction=0.3`: the run's grid point without its seed ('all' if none)."""
-    parts = [f"{a}={labels[a]}" for a in axes if a != "seed"]
+    """`op=x+y,train_fraction=0.3`: the run's grid point without its seed ('all' if none).
+    An axis that a union grid's other blocks vary but this run's block does not (the random
+    split's k beside the strips') is left out rather than shown as `k=None`."""
+    parts = [f"{a}={labels[a]}" for a in axes if a != "seed" and labels.get(a) is not None]
     return ",".join(parts) if parts else "all"
 
 

@@ -204,6 +204,66 @@ def test_task_build_exposes_tokens_and_sizes():
     assert len(data) == 121
 
 
+# --- seed 004's offset encoding [x, y + d, =] -----------------------------------------------
+
+
+@pytest.mark.parametrize("d", [0, 3, None])
+@pytest.mark.parametrize("name", ["x+y", "x/y", "int_x-y", "s5"])
+def test_offset_encoding_shifts_the_second_operand(name, d):
+    """Three tokens: x's value token, y's shifted by d (None: by the alphabet's size, so each
+    operand has tokens of its own), then `=` after every operand token; the answer is read
+    among the alphabet's values alone, and there are no next-token targets."""
+    p = 7
+    table = build_table(name, p)
+    n = table.n_values
+    shift = n if d is None else d
+    cfg = ArithmeticData(op=name, p=p, encoding="offset", operand_offset=d)
+    cfg.validate("data")
+    data = ArithmeticTask().build(cfg, seed=0)
+    np.testing.assert_array_equal(data.inputs[:, 0], table.tokens[:, 0])
+    np.testing.assert_array_equal(data.inputs[:, 1], table.tokens[:, 2] + shift)
+    eq = max(n, n + shift)
+    np.testing.assert_array_equal(data.inputs[:, 2], np.full(len(table.x), eq))
+    np.testing.assert_array_equal(data.targets, table.tokens[:, 4])
+    assert data.seq_targets is None and not cfg.has_sequence_targets
+    assert data.info == {**data.info, "vocab_size": eq + 1, "seq_len": 3, "n_classes": n}
+    assert data.targets.max() < n and data.inputs.max() == eq
+    if name == "s5":
+        assert "med_ranges" not in data.info  # permutations have no order to walk along
+    else:
+        (x0, x1), (y0, y1) = data.info["med_ranges"]
+        # each range covers exactly the tokens its operand takes
+        assert (x0, x1) == (data.inputs[:, 0].min(), data.inputs[:, 0].max() + 1)
+        assert (y0, y1) == (data.inputs[:, 1].min(), data.inputs[:, 1].max() + 1)
+    assert ArithmeticTask().dataset_key(cfg, 0) == f"{name}_p{p}_offset{shift}"
+
+
+def test_equation_and_offset_datasets_have_distinct_keys():
+    task = ArithmeticTask()
+    keys = {
+        task.dataset_key(ArithmeticData(op="x+y", p=7), 0),
+        task.dataset_key(ArithmeticData(op="x+y", p=7, encoding="offset", operand_offset=0), 0),
+        task.dataset_key(ArithmeticData(op="x+y", p=7, encoding="offset"), 0),
+    }
+    assert len(keys) == 3
+
+
+@pytest.mark.parametrize(
+    ("encoding", "d", "reason"),
+    [
+        ("equation", 0, "only the 'offset' encoding"),
+        ("offset", -1, "non-negative integer"),
+        ("offset", 1.5, "non-negative integer"),
+        ("offset", True, "non-negative integer"),
+    ],
+)
+def test_operand_offset_is_checked(encoding, d, reason):
+    cfg = ArithmeticData(op="x+y", p=7, encoding=encoding, operand_offset=d)
+    with pytest.raises(ConfigError) as info:
+        cfg.validate("data")
+    assert info.value.key == "data.operand_offset" and reason in info.value.reason
+
+
 # --- invalid moduli ------------------------------------------------------------------------
 
 

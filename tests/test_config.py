@@ -14,6 +14,7 @@ import yaml
 from grokpipe.config.experiment import load_experiment, resolve_block, short_names
 from grokpipe.config.schema import ConfigError
 from grokpipe.config.validate import check_experiment
+from grokpipe.runstore import condition_label
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -156,6 +157,28 @@ def test_sequence_loss_needs_a_transformer():
     assert check_experiment(ok, "e").runs[0].config.train.loss_on == "sequence"
 
 
+def test_sequence_loss_needs_next_token_targets():
+    """The offset encoding `[x, y + d, =]` has only the answer as a target."""
+    data = {"encoding": "offset", "operand_offset": 0}
+    params = make_params(data=data, train={"loss_on": "sequence"})
+    assert_names(config_error(params), "experiments.e.train.loss_on", "next-token targets")
+    assert check_experiment(make_params(data=data), "e").runs[0].config.data.encoding == "offset"
+
+
+def test_another_model_family_takes_none_of_the_defaults_model_keys():
+    """Seed 004's MLP on the binary operations: the task's defaults configure a transformer
+    (d_model, n_heads...), which the MLP would reject as unknown keys; naming another family
+    starts its model block afresh. The same family still merges key by key."""
+    params = make_params(model={"family": "mlp", "hidden": [16], "d_embed": 8})
+    params["defaults"]["arithmetic"]["model"] = dict(TINY_MODEL)
+    cfg = check_experiment(params, "e").runs[0].config
+    assert cfg.model_name == "mlp" and cfg.model.hidden == [16] and cfg.model.d_embed == 8
+    same = make_params(model={"d_model": 24})
+    same["defaults"]["arithmetic"]["model"] = dict(TINY_MODEL)
+    block = resolve_block(same, "e")
+    assert block["model"] == {**TINY_MODEL, "d_model": 24}
+
+
 def test_unknown_figure_kind():
     params = make_params(figures=["curves", "spaghetti"])
     assert_names(
@@ -228,6 +251,9 @@ def test_list_of_grids_is_the_union():
     # axes a grid does not vary are labelled None
     assert exp.runs[0].labels == {"op": "x+y", "lr": 0.001, "seed": None}
     assert exp.runs[3].labels == {"op": "x-y", "lr": None, "seed": 1}
+    # ... and left out of the condition's name (seed 004's random split beside strips of k)
+    names = [condition_label(r.labels, exp.axes) for r in exp.runs]
+    assert names == ["op=x+y,lr=0.001", "op=x+y,lr=0.01", "op=x-y", "op=x-y"]
 
 
 def test_short_names_fall_back_to_full_path_on_collision():

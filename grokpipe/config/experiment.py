@@ -205,7 +205,17 @@ def resolve_block(params: dict, name: str, section: str = "experiments") -> dict
         own = _without_quick(b)
         return deep_merge(own, b.get("quick") or {}) if preset == "quick" else own
 
-    return deep_merge(effective(defaults), effective(block))
+    base, own = effective(defaults), effective(block)
+    merged = deep_merge(base, own)
+    # A block that names another model family than its task's defaults (seed 004's MLP on
+    # the binary operations) takes none of the defaults' model keys: they configure another
+    # model, whose keys the family would reject as unknown.
+    base_model, own_model = base.get("model"), own.get("model")
+    if isinstance(base_model, dict) and isinstance(own_model, dict):
+        family = own_model.get("family", base_model.get("family"))
+        if family != base_model.get("family"):
+            merged["model"] = own_model
+    return merged
 
 
 def _without_quick(block: dict) -> dict:
@@ -270,6 +280,11 @@ def build_run_config(block: dict, key: str) -> RunConfig:
             MODELS[family].sequence_model,
             f"{key}.train.loss_on",
             f"model family {family!r} predicts one answer; 'sequence' needs a transformer",
+        )
+        check(
+            getattr(data, "has_sequence_targets", True),
+            f"{key}.train.loss_on",
+            "this data encoding has no next-token targets (only the answer); use 'answer'",
         )
     evaluation = from_dict(EvalConfig, block.get("eval"), f"{key}.eval")
     return RunConfig(block["task"], seed, data, family, model, train, evaluation)

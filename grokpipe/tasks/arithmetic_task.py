@@ -1,4 +1,12 @@
-"""The binary-operation task: a registry entry tying the operation tables to the splits."""
+"""The binary-operation task: a registry entry tying the operation tables to the splits.
+
+Two encodings of an equation `x ∘ y = c` as model input:
+- `equation` (Power et al.): the four tokens `x ∘ y =`, one alphabet for operands and results,
+  the answer read among every token of the vocabulary;
+- `offset` (seed 004): the three tokens `[x, y + d, =]`, the second operand's tokens shifted
+  by `d` (d = 0 shares one embedding table between the operands; the default d = the alphabet
+  size gives each operand tables of its own), the answer read among the alphabet's values.
+"""
 
 from __future__ import annotations
 
@@ -28,11 +36,39 @@ class ArithmeticData:
     split: Literal["random", "strip", "rect"] = "random"
     train_fraction: float = 0.5
     k: int | None = None
+    encoding: Literal["equation", "offset"] = "equation"
+    # `offset` only: d, the second operand's token shift; None = the alphabet's size
+    operand_offset: int | None = None
+
+    @property
+    def has_sequence_targets(self) -> bool:
+        """Whether every next token is a target (seq2seq loss): only `x ∘ y = c` is a
+        sequence of the vocabulary's tokens; the offset encoding predicts the answer alone."""
+        return self.encoding == "equation"
+
+    def offset(self) -> int:
+        """d of the offset encoding: where the second operand's tokens start."""
+        if self.operand_offset is not None:
+            return self.operand_offset
+        return value_range(OPERATIONS[self.op].kind, self.p)[1]
 
     def validate(self, key: str) -> None:
         problem = check_operation(self.op, self.p)
         if problem:
             raise ConfigError(f"{key}.op" if self.op not in OPERATIONS else f"{key}.p", problem)
+        if self.encoding == "offset":
+            d = self.operand_offset
+            check(
+                d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= 0),
+                f"{key}.operand_offset",
+                f"must be a non-negative integer or null (the alphabet's size), got {d!r}",
+            )
+        else:
+            check(
+                self.operand_offset is None,
+                f"{key}.operand_offset",
+                "only the 'offset' encoding shifts the second operand (set data.encoding: offset)",
+            )
         check(0 < self.train_fraction < 1, f"{key}.train_fraction", "must lie in (0, 1)")
         if self.split in NEEDS_K:
             check(self.k is not None, f"{key}.k", f"split {self.split!r} needs k")
@@ -75,28 +111,38 @@ class ArithmeticTask:
     Config = ArithmeticData
 
     def dataset_key(self, cfg: ArithmeticData, seed: int) -> str:
+        if cfg.encoding == "offset":
+            return f"{cfg.op}_p{cfg.p}_offset{cfg.offset()}"
         return f"{cfg.op}_p{cfg.p}"
 
     def build(self, cfg: ArithmeticData, seed: int) -> TaskData:
         table = build_table(cfg.op, cfg.p)
         op = OPERATIONS[cfg.op]
-        info = {
-            "vocab_size": table.vocab_size,
-            "seq_len": 4,
-            "n_classes": table.vocab_size,
-        }
-        if op.kind != "s5":  # MED needs operands with a natural order (seed 004)
-            low, _ = value_range(op.kind, cfg.p)
-            info["med_ranges"] = [
-                [int(v.min()) - low, int(v.max()) - low + 1] for v in operand_values(op, cfg.p)
-            ]
-        return TaskData(
-            inputs=table.tokens[:, :4],
-            targets=table.tokens[:, 4],
-            seq_targets=table.tokens[:, 1:],
-            info=info,
-            extras={"x": table.x, "y": table.y, "c": table.c},
-        )
+        extras = {"x": table.x, "y": table.y, "c": table.c}
+        # token ranges of the two operands, where the mean embedding difference (seed 004)
+        # walks from each value's token to the next: operands need a natural order (not S5)
+        low, n_values = value_range(op.kind, cfg.p)
+        ranges = [[int(v.min()) - low, int(v.max()) - low + 1] for v in operand_values(op, cfg.p)]
+        if cfg.encoding == "offset":
+            d = cfg.offset()
+            x_tok, y_tok = table.tokens[:, 0], table.tokens[:, 2] + d
+            eq_tok = max(n_values, n_values + d)  # after both operands' tokens
+            inputs = np.stack([x_tok, y_tok, np.full_like(x_tok, eq_tok)], axis=1)
+            info = {"vocab_size": eq_tok + 1, "seq_len": 3, "n_classes": n_values}
+            ranges[1] = [ranges[1][0] + d, ranges[1][1] + d]
+            data = TaskData(inputs=inputs, targets=table.tokens[:, 4], info=info, extras=extras)
+        else:
+            info = {"vocab_size": table.vocab_size, "seq_len": 4, "n_classes": table.vocab_size}
+            data = TaskData(
+                inputs=table.tokens[:, :4],
+                targets=table.tokens[:, 4],
+                seq_targets=table.tokens[:, 1:],
+                info=info,
+                extras=extras,
+            )
+        if op.kind != "s5":
+            data.info["med_ranges"] = ranges
+        return data
 
     def split(self, cfg: ArithmeticData, data: TaskData, seed: int):
         return make_split(

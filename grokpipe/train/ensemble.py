@@ -324,8 +324,14 @@ class EnsembleTrainer:
         self.member_idx = torch.arange(E, device=dev).reshape(E, 1)
         self.full_batch = tc.batch_size == "full"
         if self.full_batch:
-            self.batch = N
-            self.batch_weights = self.train_mask / self.n_train.unsqueeze(1).float()
+            # every member's whole training list each step, padded to the longest with weight
+            # 0: the rows trained on are the training set, not the table (seed 004 trains on
+            # 30 %, so a masked pass over the table would compute 3x the rows)
+            self.batch = int(n_train.max())
+            w = np.zeros((E, self.batch), np.float32)
+            for i, n in enumerate(n_train.tolist()):
+                w[i, :n] = 1.0 / n
+            self.batch_weights = torch.as_tensor(w, device=dev)
         else:
             # each member's own batch size (members may differ in it, `_shared_settings`)
             sizes = [
@@ -504,9 +510,10 @@ class EnsembleTrainer:
         """(inputs, targets, weights, each row's prefix or None) of this step's batch."""
         targets = self.seq_targets if self.seq else self.targets
         if self.full_batch:
-            return self.model_inputs, targets, self.batch_weights, self.row_prefix
-        pos = sample_positions(self.stream_keys, self.step, self.batch, self.n_train)
-        rows = self.train_list.gather(1, pos)
+            rows = self.train_list[:, : self.batch]
+        else:
+            pos = sample_positions(self.stream_keys, self.step, self.batch, self.n_train)
+            rows = self.train_list.gather(1, pos)
         x = self.model_inputs[self.member_idx, rows]
         prefix = None if self.row_prefix is None else self.row_prefix.gather(1, rows)
         return x, targets[self.member_idx, rows], self.batch_weights, prefix
