@@ -179,6 +179,14 @@ def test_another_model_family_takes_none_of_the_defaults_model_keys():
     assert block["model"] == {**TINY_MODEL, "d_model": 24}
 
 
+def test_one_hot_embedding_needs_a_dimension_per_token():
+    model = {"family": "mlp", "hidden": [16], "embedding": "one_hot", "d_embed": 8}
+    params = make_params(model=model)  # x+y mod 7, equation encoding: 9 tokens
+    assert_names(config_error(params), "experiments.e.model.d_embed", "(9)", "got 8")
+    params["experiments"]["e"]["model"]["d_embed"] = 9
+    assert check_experiment(params, "e").runs[0].config.model.embedding == "one_hot"
+
+
 def test_unknown_figure_kind():
     params = make_params(figures=["curves", "spaghetti"])
     assert_names(

@@ -413,6 +413,36 @@ def test_med_probe_matches_its_definition():
     assert np.isnan(t.results()[0].metrics["med"]).all()
 
 
+def test_one_hot_mlp_reads_its_med_from_the_first_hidden_layer():
+    """Seed 004's fixed one-hot embedding: nothing to train in it, so the MED walks the first
+    hidden layer's activations over the equal-operand inputs [i, i + d, =], i = 0, 1, ...;
+    x/y (divisors 1..p-1) beside x+y in one ensemble, each with its own diagonal."""
+    p = 11
+    mlp = {"family": "mlp", "embedding": "one_hot", "d_embed": 2 * p + 1, "hidden": [24, 24]}
+    spec = {
+        **block({"data.op": ["x+y", "x/y"], "seed": [0]}, steps=30, every=30, p=p),
+        "model": mlp,
+    }
+    spec["data"] = {"op": "x+y", "p": p, "encoding": "offset"}  # d = p: 2p + 1 tokens
+    members = members_from_block(spec)
+    t = EnsembleTrainer(members, EngineOptions(progress=False))
+    assert "embed" not in dict(t.model.named_parameters())
+    assert [g for g, _ in t.model.layer_groups()] == ["layer0", "layer1", "layer2"]
+    assert t.run() == "done"
+    for m, r in zip(members, t.results(keep_params=True)):
+        w0, b0 = r.final_params["w0"], r.final_params["b0"]  # [3 * d_embed, 24], [24]
+        values = range(1, p) if m.config.data.op == "x/y" else range(p)
+        onehots = torch.zeros(len(values), 3 * mlp["d_embed"])
+        for row, v in enumerate(values):
+            for pos, token in enumerate((v, v + p, 2 * p)):
+                onehots[row, pos * mlp["d_embed"] + token] = 1
+        h = torch.relu(onehots @ w0 + b0)
+        expected = (h[1:] - h[:-1]).norm(dim=-1).mean().item()
+        assert abs(r.metrics["med"][-1] - expected) < 1e-5 * expected, m.config.data.op
+        alone = train([m])[0]
+        assert max_rel(r.metrics["med"], alone.metrics["med"]) < 1e-5
+
+
 def test_datasets_of_different_sizes_share_an_ensemble_like_runs_alone():
     """x/y (p·(p−1) rows, divisor range 1..p−1) and x+y (p² rows) in one ensemble: the smaller
     dataset is padded with rows that are never trained on or evaluated, and each member keeps
@@ -522,6 +552,25 @@ def test_compiled_step_is_one_graph_reused_by_another_ensemble_size(deterministi
         assert smaller.run() == "done"
     for got, want in zip(smaller.results(), eager[:2]):
         assert max_rel(got.metrics["train_loss"], want.metrics["train_loss"]) < 1e-5
+
+
+def test_compiled_one_hot_mlp_full_batch_step_matches_eager():
+    """Seed 004's one-hot MLP, full batch: its step and its evaluation (the hidden-layer MED
+    included) trace as full graphs, as on a GPU, and train as eager execution does."""
+    p = 11
+    spec = {
+        **block({"data.split": ["random"], "seed": [0, 1]}, steps=30, p=p, batch_size="full"),
+        "data": {"op": "x+y", "p": p, "encoding": "offset", "operand_offset": 0},
+        "model": {"family": "mlp", "embedding": "one_hot", "d_embed": 16, "hidden": [24]},
+    }
+    members = members_from_block(spec)
+    eager = train(members)
+    opts = EngineOptions(progress=False, compile=True, compile_backend="aot_eager")
+    t = EnsembleTrainer(members, opts)
+    assert t.run() == "done"
+    for got, want in zip(t.results(), eager):
+        for name in ("train_loss", "val_loss", "med"):
+            assert max_rel(got.metrics[name], want.metrics[name]) < 1e-5, name
 
 
 def test_compiled_step_with_layer_schedules_matches_eager():

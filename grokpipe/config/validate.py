@@ -95,5 +95,8 @@ def _check_models(exp: Experiment, task, key: str) -> None:
         # a one-member model on the CPU (a few MB at most): operators on the meta device
         # import torch's compiler stack, ~1.5 s that an analysis stage would pay for nothing
         with torch.device("cpu"):
-            model = build_model(cfg.model_name, cfg.model, info, 1)
+            try:
+                model = build_model(cfg.model_name, cfg.model, info, 1)
+            except ConfigError as err:  # a setting that does not fit the task's sizes
+                raise ConfigError(f"{key}.{err.key}", err.reason) from None
         resolve_layer_periods(model, cfg.train.layers, f"{key}.train.layers")

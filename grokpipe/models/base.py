@@ -125,6 +125,12 @@ class EnsembleModel(nn.Module):
         """[E, V, d] token embedding used by the mean-embedding-difference probe, if any."""
         return None
 
+    def med_ranges(self, info: dict) -> list[list[int]] | None:
+        """The row ranges [lo, hi) of `embedding_for_med` that the probe walks along, for a
+        member whose task is `info`: the task's operand token ranges, unless the model reads
+        its probe from rows of its own."""
+        return info.get("med_ranges")
+
 
 def uniform(shape, bound: float, gen: torch.Generator) -> Tensor:
     return (torch.rand(shape, generator=gen) * 2 - 1) * bound

@@ -39,6 +39,9 @@ class TransformerConfig:
 class MLPConfig:
     hidden: list[int] = field(default_factory=lambda: [512, 512])
     d_embed: int = 128
+    # token inputs: `learned` embeddings, or seed 004's fixed `one_hot` (token t is the unit
+    # vector e_t of d_embed dims, never trained; the MED probe then reads the first hidden layer)
+    embedding: Literal["learned", "one_hot"] = "learned"
     activation: Literal["relu", "gelu", "tanh"] = "relu"
     init: Literal["torch", "xavier"] = "torch"
     bias: bool = True

@@ -142,6 +142,11 @@ class ArithmeticTask:
             )
         if op.kind != "s5":
             data.info["med_ranges"] = ranges
+            # the inputs whose operands are equal, in the operands' order: where a model with
+            # a fixed embedding reads its MED (seed 004's one-hot MLP)
+            same = np.flatnonzero(table.x == table.y)
+            same = same[np.argsort(table.x[same], kind="stable")]
+            data.info["med_diagonal"] = data.inputs[same].tolist()
         return data
 
     def split(self, cfg: ArithmeticData, data: TaskData, seed: int):

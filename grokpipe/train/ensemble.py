@@ -441,7 +441,7 @@ class EnsembleTrainer:
         self.eval_train_w = (self.train_mask[:, pad] * real).reshape(E, n_chunks, rows)
         self.eval_val_w = (self.val_mask[:, pad] * real).reshape(E, n_chunks, rows)
         self.eval_sums = torch.zeros(4, E, device=dev)
-        self.med_pairs = _med_pairs([m.data.info.get("med_ranges") for m in members], dev)
+        self.med_pairs = _med_pairs([self.model.med_ranges(m.data.info) for m in members], dev)
         self._anchor = gradient_anchor(dev)
         self.step_host = 0
         self.evals_done = 0
