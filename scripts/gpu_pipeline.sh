@@ -89,6 +89,9 @@ PY
       while IFS= read -r line; do echo "$(( $(date +%s) - t0 )) $line"; done > pipeline.log
     echo "EXIT ${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s" >> pipeline.log
   ' pipeline "$@" > /dev/null 2>&1 < /dev/null &
+  # the background shell creates pipeline.log; a `wait` chained right after this `start`
+  # found none yet and stopped at once (34th session)
+  for _ in $(seq 50); do [ -f pipeline.log ] && break; sleep 0.2; done
   echo "started in $W"
   ;;
 wait)

@@ -110,6 +110,7 @@ BAD_VALUES = [
     ("task", ["arithmetic"], "task", ["expected one of"]),
     ("model.n_heads", 3, "model.n_heads", ["divide"]),
     ("model.depth", 3, "model.depth", ["unknown key"]),
+    ("model.embed_std", 0.0, "model.embed_std", ["positive"]),
     ("eval.every", 0, "eval.every", ["positive"]),
     ("seed", -1, "seed", ["non-negative"]),
     ("trian", {"lr": 1}, "trian", ["unknown key"]),

@@ -204,6 +204,21 @@ def test_init_scale_multiplies_weights_not_layernorm():
     torch.testing.assert_close(b.ln1_0_w, a.ln1_0_w)
 
 
+def test_embed_std_scales_only_the_embeddings():
+    """`embed_std` (the LayerNorm-free transformer's embedding scale) multiplies the token and
+    position embeddings' N(0, 1) draws and nothing else."""
+    base = TransformerConfig(n_layers=1, d_model=8, n_heads=2, d_ff=16, layernorm=False)
+    small = TransformerConfig(**{**base.__dict__, "embed_std": 0.125})
+    a = build_model("transformer", base, TOKEN_INFO, 1)
+    b = build_model("transformer", small, TOKEN_INFO, 1)
+    a.init_member(0, torch.Generator().manual_seed(3))
+    b.init_member(0, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(b.embed, a.embed * 0.125)
+    torch.testing.assert_close(b.pos, a.pos * 0.125)
+    torch.testing.assert_close(b.qkv_0, a.qkv_0)
+    torch.testing.assert_close(b.unembed, a.unembed)
+
+
 def test_registry_flags_sequence_models():
     assert MODELS["transformer"].sequence_model
     assert not MODELS["mlp"].sequence_model

@@ -21,9 +21,14 @@ class TransformerConfig:
     layernorm: bool = True
     activation: Literal["gelu", "relu"] = "gelu"
     init_scale: float = 1.0
+    # initial std of the token and position embeddings: 1 is N(0, 1), which LayerNorm tames;
+    # without LayerNorm the residual stream then starts at norm ~√d_model, and 1/√d_model
+    # (Nanda et al.'s LayerNorm-free code) starts it at ~1
+    embed_std: float = 1.0
 
     def validate(self, key: str) -> None:
         check(self.n_layers >= 1, f"{key}.n_layers", "must be at least 1")
+        check(self.embed_std > 0, f"{key}.embed_std", "must be positive")
         check(self.d_model >= 1, f"{key}.d_model", "must be positive")
         check(self.n_heads >= 1, f"{key}.n_heads", "must be positive")
         check(

@@ -55,7 +55,7 @@ class Transformer(EnsembleModel):
 
     def initial_value(self, name, shape, gen):
         if name in ("embed", "pos"):
-            return torch.randn(shape, generator=gen)
+            return torch.randn(shape, generator=gen) * self.cfg.embed_std
         if name.startswith("ln") and name.endswith("_w"):
             return torch.ones(shape)
         if name.startswith("ln") or name.startswith("ff1b") or name.startswith("ff2b"):
