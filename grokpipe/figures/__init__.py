@@ -17,7 +17,7 @@ FIGURES: dict[str, str] = {
     "fraction_sweep": "grokpipe.figures.binary_ops:fraction_sweep",
     "value_counts": "grokpipe.figures.binary_ops:value_counts",
     "post_grok_drops": "grokpipe.figures.binary_ops:post_grok_drops",
-    "med_curves": "grokpipe.figures.insight:med_curves",
+    "med_curves": "grokpipe.figures.med:med_curves",
     "parity_curves": "grokpipe.figures.parity:parity_curves",
     "parity_rate_limiting": "grokpipe.figures.parity:parity_rate_limiting",
     "parity_data_size": "grokpipe.figures.parity:parity_data_size",

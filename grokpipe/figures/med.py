@@ -56,7 +56,10 @@ def med_curves(ctx: FigureContext) -> list:
         row[0].set_ylabel(f"{cond}\n{verdict}", fontsize=8)
         for ax in row:
             ax.set_xscale("log")
-    for ax, title in zip(axes[0], ("loss", "accuracy", "mean embedding difference")):
+    # a fixed one-hot embedding cannot move: its MED is the first hidden layer's (mlp.py)
+    one_hot = any(getattr(r.config.model, "embedding", None) == "one_hot" for r in ctx.exp.runs)
+    med_title = "MED of the first hidden layer" if one_hot else "mean embedding difference"
+    for ax, title in zip(axes[0], ("loss", "accuracy", med_title)):
         ax.set_title(title, fontsize=10)
     legend(axes[0][0], fontsize=7)
     for ax in axes[-1]:
