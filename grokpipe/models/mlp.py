@@ -89,7 +89,7 @@ class MLP(EnsembleModel):
 
     def embedding_for_med(self, params):
         if self.one_hot:  # rows: the diagonal inputs, in value order (`med_ranges`)
-            return self._layers(self.med_inputs, stop_after=1)
+            return self.hidden_activations(self.med_inputs)
         return params["embed"] if self.tokens else None
 
     def hidden_activations(self, x: Tensor) -> Tensor:

@@ -324,25 +324,22 @@ class EnsembleTrainer:
         self.member_idx = torch.arange(E, device=dev).reshape(E, 1)
         self.full_batch = tc.batch_size == "full"
         if self.full_batch:
-            # every member's whole training list each step, padded to the longest with weight
-            # 0: the rows trained on are the training set, not the table (seed 004 trains on
-            # 30 %, so a masked pass over the table would compute 3x the rows)
-            self.batch = int(n_train.max())
-            w = np.zeros((E, self.batch), np.float32)
-            for i, n in enumerate(n_train.tolist()):
-                w[i, :n] = 1.0 / n
-            self.batch_weights = torch.as_tensor(w, device=dev)
+            # every member's whole training list each step: the rows trained on are the
+            # training set, not the table (seed 004 trains on 30 %, so a masked pass over the
+            # table would compute 3x the rows)
+            sizes = n_train.tolist()
         else:
             # each member's own batch size (members may differ in it, `_shared_settings`)
             sizes = [
                 min(m.config.train.batch_size, max(1, n // 2))
                 for m, n in zip(members, n_train.tolist())
             ]
-            self.batch = max(sizes)
-            w = np.zeros((E, self.batch), np.float32)
-            for i, b in enumerate(sizes):
-                w[i, :b] = 1.0 / b
-            self.batch_weights = torch.as_tensor(w, device=dev)
+        # each member's rows weigh 1/size; the slots past its size (the widest's) weigh 0
+        self.batch = max(sizes)
+        w = np.zeros((E, self.batch), np.float32)
+        for i, b in enumerate(sizes):
+            w[i, :b] = 1.0 / b
+        self.batch_weights = torch.as_tensor(w, device=dev)
         seeds = torch.as_tensor([m.config.seed for m in members], dtype=torch.int64, device=dev)
         self.stream_keys = stream_keys(seeds)
 
